@@ -1,0 +1,59 @@
+"""The vocabulary of persistent-worker-pool: market events, order books, configuration and status.
+
+Nothing here starts a process or imports the pool, so worker processes and tools can use it cheaply.
+"""
+
+from ._book import BookStore, OrderBook, format_units, parse_units
+from ._config import PoolConfig
+from ._messages import (
+    BookEvent,
+    Change,
+    Event,
+    LastTradePrice,
+    Level,
+    MessageError,
+    PriceChange,
+    PriceChangeEntry,
+    Side,
+    TickSizeChange,
+    UnknownEvent,
+    decode_frame,
+)
+from ._status import BookView, MemoryStatus, PoolState, PoolStatus, Trade, WorkerState, WorkerStats, WorkerStatus
+
+__all__ = [
+    "BookEvent",
+    "BookStore",
+    "BookView",
+    "Change",
+    "Event",
+    "LastTradePrice",
+    "Level",
+    "MemoryStatus",
+    "MessageError",
+    "OrderBook",
+    "PoolConfig",
+    "PoolState",
+    "PoolStatus",
+    "PriceChange",
+    "PriceChangeEntry",
+    "Side",
+    "TickSizeChange",
+    "Trade",
+    "UnknownEvent",
+    "WorkerState",
+    "WorkerStats",
+    "WorkerStatus",
+    "decode_frame",
+    "format_units",
+    "parse_units",
+]
+
+for _name in __all__:
+    _value = globals()[_name]
+    if isinstance(_value, type) or callable(_value):
+        try:
+            _value.__module__ = __name__
+        except (AttributeError, TypeError):  # type aliases (Event, Side) have no settable __module__
+            pass
+del _name, _value

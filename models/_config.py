@@ -1,0 +1,96 @@
+"""`PoolConfig`: every setting of the pool, checked when it is built so that a bad value never starts one."""
+
+
+import math
+import os
+from typing import Literal
+
+import msgspec
+
+__all__ = ["PoolConfig"]
+
+StartMethod = Literal["spawn", "forkserver", "fork"]
+MemoryPolicy = Literal["recycle", "restart", "callback"]
+
+_DAY = 86_400.0
+
+# field -> (type, minimum, maximum, inclusive minimum). Ranges are wide: they catch typos and units
+# mistakes (a timeout of 0, a threshold of 75 meaning 75%), not unusual but deliberate choices.
+_RANGES: dict[str, tuple[type, float, float, bool]] = {
+    "worker_count": (int, 1, 1024, True),
+    "heartbeat_interval": (float, 0.0, 3600.0, False),
+    "heartbeat_timeout": (float, 0.0, _DAY, False),
+    "shutdown_timeout": (float, 0.0, _DAY, False),
+    "worker_startup_timeout": (float, 0.0, _DAY, False),
+    "max_pending_messages": (int, 1, 100_000_000, True),
+    "max_restarts": (int, 0, 1_000_000, True),
+    "restart_window": (float, 0.0, _DAY, False),
+    "memory_check_interval": (float, 0.0, 3600.0, False),
+    "memory_mb_per_1000_books": (float, 0.0, 1_000_000.0, False),
+    "worker_memory_cap_mb": (float, 0.0, 10_000_000.0, False),
+    "memory_threshold": (float, 0.0, 1.0, False),
+}
+
+
+class PoolConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Settings of a `PersistentWorkerPool`. Durations are seconds (float).
+
+    Built from keyword arguments or decoded from TOML/JSON with msgspec; in both cases an unknown field or
+    an out-of-range value raises before any process starts (``ValueError`` on construction,
+    ``msgspec.ValidationError`` with the field's path on decode).
+
+    Attributes:
+        worker_count: worker processes, one shard of the books each. Default: the CPU count.
+        heartbeat_interval: how often an idle worker reports its stats. Lower catches hangs sooner at the
+            cost of one small message per worker per interval.
+        heartbeat_timeout: silence after which a worker counts as hung; ``None`` means 3 intervals.
+        shutdown_timeout: how long a graceful stop may take before workers are terminated, then killed.
+        worker_startup_timeout: how long a worker may take to report ready.
+        max_pending_messages: frames published to one worker and not yet applied. When reached, `publish`
+            waits: this bounds the parent's memory at about this many frames per worker.
+        start_method: multiprocessing start method. ``spawn`` is the safe default in a process that runs
+            threads or an event loop; ``forkserver`` starts faster; ``fork`` is fastest and unsafe there.
+        max_restarts: abnormal exits of one worker tolerated within ``restart_window`` seconds.
+        restart_window: the window for ``max_restarts``.
+        memory_check_interval: how often the memory monitor samples every worker.
+        memory_mb_per_1000_books: a worker's cap is this many MB per 1000 books it holds (at least 1000).
+        worker_memory_cap_mb: an absolute per-worker cap that overrides the per-book rule.
+        memory_threshold: fraction of system memory in use above which the system counts as under pressure.
+        memory_policy: what a breach of a worker's cap does: ``recycle``, ``restart`` or ``callback``.
+    """
+
+    worker_count: int = msgspec.field(default_factory=lambda: os.cpu_count() or 4)
+    heartbeat_interval: float = 5.0
+    heartbeat_timeout: float | None = None
+    shutdown_timeout: float = 10.0
+    worker_startup_timeout: float = 30.0
+    max_pending_messages: int = 50_000
+    start_method: StartMethod = "spawn"
+    max_restarts: int = 5
+    restart_window: float = 60.0
+    memory_check_interval: float = 1.0
+    memory_mb_per_1000_books: float = 100.0
+    worker_memory_cap_mb: float | None = None
+    memory_threshold: float = 0.75
+    memory_policy: MemoryPolicy = "recycle"
+
+    def __post_init__(self) -> None:
+        for name, (kind, low, high, low_inclusive) in _RANGES.items():
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else int):
+                raise TypeError(f"PoolConfig.{name} must be {'a number' if kind is float else 'an int'}, got {value!r}")
+            too_low = value < low if low_inclusive else value <= low
+            if too_low or value > high or (isinstance(value, float) and not math.isfinite(value)):
+                bracket = "[" if low_inclusive else "("
+                raise ValueError(f"PoolConfig.{name} must be in {bracket}{low:g}, {high:g}], got {value!r}")
+        for name, allowed in (("start_method", StartMethod), ("memory_policy", MemoryPolicy)):
+            choices = allowed.__args__
+            if getattr(self, name) not in choices:
+                raise ValueError(f"PoolConfig.{name} must be one of {', '.join(map(repr, choices))}, got {getattr(self, name)!r}")
+
+    @property
+    def effective_heartbeat_timeout(self) -> float:
+        """``heartbeat_timeout``, or three heartbeat intervals when it is unset."""
+        return self.heartbeat_timeout if self.heartbeat_timeout is not None else 3 * self.heartbeat_interval

@@ -1,0 +1,153 @@
+"""Status and statistics types: what a worker reports, what the pool tells its users.
+
+All are frozen msgspec Structs, so ``msgspec.to_builtins(pool.get_status())`` gives plain JSON-ready data
+and a status can cross a process boundary in one encode.
+"""
+
+
+import enum
+
+import msgspec
+
+__all__ = ["BookView", "MemoryStatus", "PoolState", "PoolStatus", "Trade", "WorkerState", "WorkerStats", "WorkerStatus"]
+
+
+class PoolState(enum.StrEnum):
+    """Where the pool is in its life."""
+
+    CREATED = "created"  # constructed; no process started yet
+    STARTING = "starting"  # workers are being spawned and handshaken
+    RUNNING = "running"  # every worker is running
+    DEGRADED = "degraded"  # running, but at least one worker is not
+    STOPPING = "stopping"  # shutdown in progress
+    STOPPED = "stopped"  # every worker has exited and been reaped; terminal
+
+
+class WorkerState(enum.StrEnum):
+    """Where one worker slot is in its life."""
+
+    STARTING = "starting"  # spawned; its ready handshake has not arrived yet
+    RUNNING = "running"  # handshake done, applying messages
+    RECOVERING = "recovering"  # being replaced; its books are being rebuilt
+    STOPPING = "stopping"  # asked to stop, draining
+    STOPPED = "stopped"  # exited on request
+    FAILED = "failed"  # exited without being asked (or could not be restarted)
+
+
+class Trade(msgspec.Struct, frozen=True, kw_only=True):
+    """The last trade of a token. A `book` carries only the price, so size and side may be absent."""
+
+    price: str
+    size: str | None = None
+    side: str | None = None
+    timestamp: int | None = None
+
+
+class BookView(msgspec.Struct, frozen=True, kw_only=True):
+    """A copy of one book as `PersistentWorkerPool.get_book` returns it.
+
+    ``bids`` and ``asks`` are best-first ``(price, size)`` pairs of normalised decimal strings.
+    ``stale`` is true when the book may have missed updates and waits for a snapshot.
+    """
+
+    asset_id: str
+    market: str
+    bids: list[tuple[str, str]]
+    asks: list[tuple[str, str]]
+    timestamp: int | None
+    tick_size: str | None
+    last_trade: Trade | None
+    stale: bool = False
+
+    @property
+    def best_bid(self) -> tuple[str, str] | None:
+        """The highest bid, or ``None``."""
+        return self.bids[0] if self.bids else None
+
+    @property
+    def best_ask(self) -> tuple[str, str] | None:
+        """The lowest ask, or ``None``."""
+        return self.asks[0] if self.asks else None
+
+
+class WorkerStats(msgspec.Struct, frozen=True, kw_only=True):
+    """Counters a worker process reports with every acknowledgement and heartbeat.
+
+    ``messages_processed`` counts frames taken off the channel (including rejected ones), ``updates_applied``
+    the level changes, trades and tick changes applied, ``snapshots_received`` the `book` events applied.
+    ``errors`` counts rejected frames, ``handler_errors`` exceptions raised by the user's handler,
+    ``unknown_events`` well-formed events of types the pool does not apply, and ``skipped_updates`` events
+    for owned assets with no book yet. ``processing_time_ms`` is CPU spent applying, summed.
+    """
+
+    worker_id: int
+    pid: int
+    messages_processed: int = 0
+    updates_applied: int = 0
+    snapshots_received: int = 0
+    processing_time_ms: float = 0.0
+    last_message_ts: float | None = None
+    orderbook_count: int = 0
+    memory_usage_bytes: int = 0
+    books_memory_bytes: int = 0
+    errors: int = 0
+    handler_errors: int = 0
+    unknown_events: int = 0
+    skipped_updates: int = 0
+    applied_seq: int = 0
+
+    @property
+    def avg_processing_time_us(self) -> float:
+        """Mean time to apply one frame, in microseconds (0.0 before the first)."""
+        if not self.messages_processed:
+            return 0.0
+        return self.processing_time_ms * 1000.0 / self.messages_processed
+
+
+class WorkerStatus(msgspec.Struct, frozen=True, kw_only=True):
+    """One worker slot as `PoolStatus.workers` shows it."""
+
+    worker_id: int
+    status: WorkerState
+    pid: int | None
+    books: int
+    messages: int
+    errors: int
+    pending: int
+    memory_bytes: int
+    last_heartbeat_age: float | None
+    restarts: int
+    exit_code: int | None = None
+
+
+class MemoryStatus(msgspec.Struct, frozen=True, kw_only=True):
+    """System memory as last sampled, against the pool's ``memory_threshold`` (a fraction of total)."""
+
+    usage_percent: float
+    available_bytes: int
+    total_bytes: int
+    threshold: float
+    pressure: bool
+
+
+class PoolStatus(msgspec.Struct, frozen=True, kw_only=True):
+    """The whole pool at a glance, built from state the parent already holds (no round trip).
+
+    ``messages_published`` counts frames accepted by `publish`; ``messages_applied`` counts deliveries
+    applied by workers (a frame whose assets span two workers is delivered, and counted, twice).
+    ``frames_rejected`` counts malformed frames, whether the parent or a worker caught them;
+    ``frames_unroutable`` well-formed frames that name no asset (service text, ``new_market``).
+    """
+
+    pool_status: PoolState
+    uptime_seconds: float
+    worker_count: int
+    alive_workers: int
+    workers: dict[int, WorkerStatus]
+    memory: MemoryStatus
+    messages_published: int
+    messages_applied: int
+    messages_per_second: float
+    frames_rejected: int
+    frames_unroutable: int
+    total_books: int

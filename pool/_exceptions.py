@@ -1,0 +1,82 @@
+"""The pool's errors, one tree rooted at `PoolError`::
+
+    PoolError
+    +-- PoolClosedError          you shut the pool down; make a new one
+    +-- PoolTimeoutError         a publish/flush/get_book waited longer than its timeout (also TimeoutError)
+    +-- UnknownAssetError        no worker holds a book for that asset (also LookupError)
+    +-- WorkerError              something went wrong with one worker process (has worker_id, pid)
+        +-- WorkerStartupError   it did not become ready; the pool did not start
+        +-- BrokenWorkerError    it exited under a call that was waiting on it
+
+"You closed it" (`PoolClosedError`) is kept apart from "it broke under you" (`BrokenWorkerError`), as trio
+keeps ``ClosedResourceError`` apart from ``BrokenResourceError``. Bad arguments raise ``ValueError`` or
+``TypeError``; malformed market data raises `models.MessageError` (a ``ValueError``) and, inside a pool,
+is counted and skipped rather than raised.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BrokenWorkerError",
+    "PoolClosedError",
+    "PoolError",
+    "PoolTimeoutError",
+    "UnknownAssetError",
+    "WorkerError",
+    "WorkerStartupError",
+]
+
+
+class PoolError(Exception):
+    """Base class of every error the pool raises."""
+
+
+class PoolClosedError(PoolError):
+    """The pool was shut down by its owner; no further work can be given to it."""
+
+
+class PoolTimeoutError(PoolError, TimeoutError):
+    """A call waited longer than the timeout it was given."""
+
+
+class UnknownAssetError(PoolError, LookupError):
+    """No worker holds a book for the asset (no `book` snapshot for it was ever published)."""
+
+    def __init__(self, asset_id: str, worker_id: int) -> None:
+        super().__init__(
+            f"no book for asset {asset_id!r} (it routes to worker {worker_id}, which has never received a "
+            "`book` snapshot for it); publish a snapshot first"
+        )
+        self.asset_id = asset_id
+        self.worker_id = worker_id
+
+
+class WorkerError(PoolError):
+    """A problem with one worker process."""
+
+    def __init__(self, message: str, *, worker_id: int, pid: int | None) -> None:
+        super().__init__(message)
+        self.worker_id = worker_id
+        self.pid = pid
+
+
+class WorkerStartupError(WorkerError):
+    """A worker failed to become ready; the pool stopped every worker it had started and did not start.
+
+    When the worker reported a Python error, its traceback text is the ``__cause__``.
+    """
+
+
+class BrokenWorkerError(WorkerError):
+    """A worker exited (crash, kill or hang) while a call was waiting on it."""
+
+
+class RemoteTraceback(Exception):
+    """A traceback formatted in a worker process, chained as the ``__cause__`` of the error it explains."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.text = text
+
+    def __str__(self) -> str:
+        return f'\n"""\n{self.text}"""'

@@ -1,0 +1,631 @@
+"""`PersistentWorkerPool`: long-lived worker processes, each owning a shard of the order books.
+
+Data flow::
+
+    publish(frames)                       (any thread / task of the owner)
+        |
+        v
+    +----------------------- parent: one anyio event loop -----------------------+
+    |  route: asset id -> slot           (msgspec decode of the ids only, cached)  |
+    |     |            |                                                            |
+    |  WorkerHandle 0 ... WorkerHandle N-1  (queued frames, pending <= max_pending) |
+    |  writer task ---- Batch / GetBook / Stop ---->  socketpair  ---> worker N     |
+    |  reader task <--- Progress / BookReply -------  socketpair  <--- (process)    |
+    |  watcher task: waits on the process sentinel (exit seen at once)             |
+    |  sampler task: system memory and throughput for get_status()                 |
+    +------------------------------------------------------------------------------+
+
+    worker process (pool._worker): recv Batch -> decode each frame (msgspec) -> apply to
+    its BookStore -> call the user's handler -> send Progress (ack + stats)
+
+* publish: the parent reads only the asset ids of a frame, picks the slot(s), appends the raw bytes to
+  each slot's queue and wakes its writer. A frame whose entries span several slots (the 2025
+  ``price_changes`` shape, or an array frame) is sent to each of them; each worker applies only the
+  assets it owns. When a slot has ``max_pending_messages`` frames not yet applied, publish waits.
+* flush / get_book: a query travels down the same ordered channel as the data, so its answer reflects
+  every frame published before it (read your writes). Flush waits for each slot's applied count.
+* crash: the watcher sees the sentinel, marks the slot ``failed`` and fails every call waiting on it with
+  `BrokenWorkerError`. (Restart and rebuild from snapshots arrive with the supervisor.)
+* shutdown: ``Stop`` is queued behind the data; workers drain, report and exit; after
+  ``shutdown_timeout`` the rest get SIGTERM, then SIGKILL; every process is reaped, every fd closed.
+
+The same loop serves both APIs. Under ``async with`` it runs in the caller's task group and the waiting
+methods return coroutines. Under ``with`` (or when used without a context manager) it runs in a
+background thread behind an anyio blocking portal, and the same methods block and return the value.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import pickle
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable
+from contextlib import AsyncExitStack
+from types import TracebackType
+from typing import Any, Self, TypeAlias, TypeVar
+
+import anyio
+import msgspec
+import psutil
+import structlog
+from anyio.from_thread import BlockingPortal, start_blocking_portal
+
+from models import (
+    BookView,
+    Event,
+    MemoryStatus,
+    MessageError,
+    PoolConfig,
+    PoolState,
+    PoolStatus,
+    PriceChange,
+    UnknownEvent,
+    WorkerState,
+    WorkerStats,
+    WorkerStatus,
+    decode_frame,
+)
+
+from ._exceptions import PoolClosedError, PoolTimeoutError, UnknownAssetError, WorkerStartupError
+from ._handle import WorkerHandle
+from ._routing import Router
+from ._worker import HandlerFactory, resolve_factory
+
+__all__ = ["PersistentWorkerPool"]
+
+T = TypeVar("T")
+Frame: TypeAlias = bytes | bytearray | memoryview | str
+Publishable: TypeAlias = Frame | Event | Iterable[Frame | Event]
+
+_log = structlog.get_logger("pool")
+
+# publish yields to the event loop every this many frames, so writers start sending a large batch while
+# it is still being routed. Lower means earlier overlap and more scheduling overhead.
+_YIELD_EVERY_FRAMES = 4096
+
+# Throughput in get_status() is averaged over this many sampler ticks (memory_check_interval apart).
+_RATE_WINDOW_SAMPLES = 5
+
+
+class _RouteEntry(msgspec.Struct):
+    asset_id: str
+
+
+class _RouteEvent(msgspec.Struct):
+    """The only fields the parent reads of a frame: who it is for. Everything else is skipped unparsed."""
+
+    asset_id: str | None = None
+    price_changes: list[_RouteEntry] | None = None
+
+
+_route_decoder = msgspec.json.Decoder(_RouteEvent | list[_RouteEvent])
+_json_encoder = msgspec.json.Encoder()
+
+
+class PersistentWorkerPool:
+    """A pool of worker processes that keep live order books, sharded by asset id.
+
+    Use it as a context manager::
+
+        with PersistentWorkerPool(PoolConfig(worker_count=4)) as pool:
+            pool.publish(frames)
+            book = pool.get_book(asset_id)
+
+        async with PersistentWorkerPool(PoolConfig(worker_count=4)) as pool:
+            await pool.publish(frames)
+            book = await pool.get_book(asset_id)
+
+    Under ``async with`` (asyncio or trio) the waiting methods (`start`, `publish`, `flush`, `get_book`,
+    `shutdown`) return coroutines; under ``with`` they block and return the value. The non-waiting
+    methods (`get_status`, `get_stats`, `is_healthy`, `get_alive_count`) are plain and cheap in both.
+
+    Args:
+        config: the pool's settings; ``PoolConfig()`` when omitted.
+        handler_factory: called in each worker as ``handler_factory(worker_id)`` to build that worker's
+            handler, whose optional methods ``on_snapshot``, ``on_price_change``, ``on_trade`` and
+            ``on_tick_size_change`` are called as ``method(book, event)`` after each event is applied to
+            a book. It must be picklable (a module-level function or class, or a ``functools.partial`` of
+            one), or an import path ``"package.module:factory"``.
+
+    Raises:
+        TypeError, ValueError: a bad argument; nothing has been started.
+    """
+
+    def __init__(self, config: PoolConfig | None = None, *, handler_factory: HandlerFactory | str | None = None) -> None:
+        if config is None:
+            config = PoolConfig()
+        if not isinstance(config, PoolConfig):
+            raise TypeError(f"config must be a PoolConfig, got {type(config).__name__}")
+        _check_handler_factory(handler_factory)
+        self.config = config
+        self._handler_factory = handler_factory
+        self._state = PoolState.CREATED
+        self._route = Router(config.worker_count)
+        self._handles: list[WorkerHandle] = []
+        self._published = 0
+        self._rejected = 0
+        self._unroutable = 0
+        self._started_at: float | None = None
+        self._memory = _sample_memory(config.memory_threshold)
+        self._rate_samples: deque[tuple[float, int]] = deque(maxlen=_RATE_WINDOW_SAMPLES)
+        self._log = _log.bind(pool_id=id(self))
+        # Set while running: the task group that serves the workers, and (thread mode) the portal.
+        self._exit_stack: AsyncExitStack | None = None
+        self._portal: BlockingPortal | None = None
+        self._portal_cm: Any = None
+        self._stop_requested: anyio.Event | None = None
+        self._stopped: anyio.Event | None = None
+
+    # --------------------------------------------------------------------------- context managers
+
+    def __enter__(self) -> Self:
+        self._require_state(PoolState.CREATED, "enter `with`")
+        self._start_in_thread()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.shutdown()
+
+    async def __aenter__(self) -> Self:
+        self._require_state(PoolState.CREATED, "enter `async with`")
+        stack = AsyncExitStack()
+        task_group = await stack.enter_async_context(anyio.create_task_group())
+        try:
+            await task_group.start(self._serve)
+        except BaseException:
+            await stack.aclose()
+            raise
+        self._exit_stack = stack
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        assert self._exit_stack is not None
+        # Shielded: a cancelled or failing block must still stop and reap every worker.
+        with anyio.CancelScope(shield=True):
+            await self._shutdown()
+        await self._exit_stack.__aexit__(exc_type, exc, tb)
+
+    # ----------------------------------------------------------------------------------- public API
+
+    def start(self) -> Any:
+        """Start the workers if they are not running yet; return once every worker is ready.
+
+        Raises:
+            WorkerStartupError: a worker did not become ready; every worker started so far was stopped.
+            PoolClosedError: the pool was shut down.
+        """
+        return self._call(self._start_noop)
+
+    def publish(self, data: Publishable, *, timeout: float | None = None) -> Any:
+        """Send market data to the workers that own it, in order.
+
+        Args:
+            data: one frame (``bytes``/``str``: a JSON event or array of events, as the feed sent it), a
+                decoded event Struct, or an iterable of either. Pass batches for throughput.
+            timeout: the longest to wait for room when a worker has ``max_pending_messages`` frames not
+                yet applied; ``None`` waits as long as it takes.
+
+        A frame that is not JSON or names no routable asset is counted in ``frames_rejected``, logged and
+        skipped; it never reaches a worker and never stops the rest of ``data``.
+
+        Raises:
+            PoolTimeoutError: ``timeout`` passed while waiting for room; frames before the one that waited
+                were accepted (the message says how many).
+            BrokenWorkerError: the worker that owns a frame has exited.
+            PoolClosedError: the pool was shut down.
+        """
+        return self._call(self._publish, data, timeout)
+
+    def flush(self, timeout: float | None = None) -> Any:
+        """Wait until every frame published before this call has been applied by its worker.
+
+        Raises:
+            PoolTimeoutError: not done within ``timeout`` seconds.
+            BrokenWorkerError: a worker with frames still to apply exited.
+            PoolClosedError: the pool was shut down.
+        """
+        return self._call(self._flush, timeout)
+
+    wait_for_completion = flush
+
+    def get_book(self, asset_id: str, *, timeout: float | None = None) -> Any:
+        """Return a `BookView` of ``asset_id`` that reflects every frame published before this call.
+
+        Raises:
+            UnknownAssetError: no `book` snapshot was ever published for ``asset_id``.
+            PoolTimeoutError: no answer within ``timeout`` seconds.
+            BrokenWorkerError: the owning worker exited.
+            PoolClosedError: the pool was shut down.
+        """
+        return self._call(self._get_book, asset_id, timeout)
+
+    def shutdown(self, wait: bool = True) -> Any:
+        """Stop every worker: drain gracefully for ``shutdown_timeout``, then SIGTERM, then SIGKILL.
+
+        Idempotent; returns once every worker has been reaped. With ``wait=False`` (``with`` form only)
+        the stop is requested and this returns at once.
+        """
+        portal = self._portal
+        if portal is not None:
+            if not wait:
+                portal.start_task_soon(self._request_stop)
+                return None
+            if _in_event_loop():
+                return anyio.to_thread.run_sync(self._stop_thread)
+            self._stop_thread()
+            return None
+        if self._exit_stack is not None or _in_event_loop():
+            return self._shutdown()
+        if self._state is PoolState.CREATED:
+            self._state = PoolState.STOPPED
+        return None
+
+    def get_status(self) -> PoolStatus:
+        """The pool at a glance, from state the parent already holds: never waits on a worker."""
+        now = time.monotonic()
+        workers = {handle.worker_id: _worker_status(handle, now) for handle in self._handles}
+        applied = sum(handle.applied for handle in self._handles)
+        state = self._state
+        if state is PoolState.RUNNING and any(handle.state is not WorkerState.RUNNING for handle in self._handles):
+            state = PoolState.DEGRADED
+        return PoolStatus(
+            pool_status=state,
+            uptime_seconds=now - self._started_at if self._started_at is not None else 0.0,
+            worker_count=self.config.worker_count,
+            alive_workers=self.get_alive_count(),
+            workers=workers,
+            memory=self._memory,
+            messages_published=self._published,
+            messages_applied=applied,
+            messages_per_second=self._rate(),
+            frames_rejected=self._rejected + sum(s.errors for s in workers.values()),
+            frames_unroutable=self._unroutable,
+            total_books=sum(s.books for s in workers.values()),
+        )
+
+    def get_stats(self) -> dict[int, WorkerStats]:
+        """The last `WorkerStats` each worker reported (with its last acknowledgement or heartbeat)."""
+        return {handle.worker_id: handle.stats for handle in self._handles if handle.stats is not None}
+
+    def is_healthy(self) -> bool:
+        """True when the pool is running and every worker is running."""
+        return self._state is PoolState.RUNNING and all(h.state is WorkerState.RUNNING for h in self._handles)
+
+    def get_alive_count(self) -> int:
+        """How many worker processes are alive."""
+        return sum(1 for h in self._handles if h.state in (WorkerState.RUNNING, WorkerState.STOPPING))
+
+    @property
+    def state(self) -> PoolState:
+        """The pool's lifecycle state."""
+        return self._state
+
+    def __repr__(self) -> str:
+        return f"<PersistentWorkerPool {self._state.value} workers={self.config.worker_count}>"
+
+    # ------------------------------------------------------------------------- sync/async dispatch
+
+    def _call(self, function: Callable[..., Awaitable[T]], *args: Any) -> Any:
+        """Run ``function`` in the pool's loop: a coroutine under ``async with``, blocking under ``with``."""
+        if self._exit_stack is not None:
+            return function(*args)
+        if self._portal is None:
+            if self._state is not PoolState.CREATED:
+                raise PoolClosedError(f"the pool is {self._state.value}; create a new PersistentWorkerPool")
+            return self._lazy_start_then(function, *args)
+        portal = self._portal
+        if _in_event_loop():
+            return anyio.to_thread.run_sync(lambda: portal.call(function, *args))
+        return portal.call(function, *args)
+
+    def _lazy_start_then(self, function: Callable[..., Awaitable[T]], *args: Any) -> Any:
+        self._log.warning(
+            "pool_lazy_start",
+            hint="use `with PersistentWorkerPool(config) as pool:` (or `async with`) so shutdown is guaranteed",
+        )
+        if _in_event_loop():
+
+            async def start_then_call() -> T:
+                await anyio.to_thread.run_sync(self._start_in_thread)
+                portal = self._portal
+                assert portal is not None
+                return await anyio.to_thread.run_sync(lambda: portal.call(function, *args))
+
+            return start_then_call()
+        self._start_in_thread()
+        assert self._portal is not None
+        return self._portal.call(function, *args)
+
+    def _start_in_thread(self) -> None:
+        portal_cm = start_blocking_portal(name="persistent-worker-pool")
+        portal = portal_cm.__enter__()
+        try:
+            portal.start_task(self._serve, name="pool-serve")
+        except BaseException as exc:
+            portal_cm.__exit__(type(exc), exc, exc.__traceback__)
+            raise
+        self._portal, self._portal_cm = portal, portal_cm
+
+    def _stop_thread(self) -> None:
+        portal, portal_cm = self._portal, self._portal_cm
+        assert portal is not None
+        try:
+            portal.call(self._shutdown)
+        finally:
+            self._portal = self._portal_cm = None
+            portal_cm.__exit__(None, None, None)
+
+    async def _start_noop(self) -> None:
+        self._check_running()  # by now started by the lazy path, or started before
+
+    def _require_state(self, expected: PoolState, action: str) -> None:
+        if self._state is not expected:
+            raise PoolClosedError(f"cannot {action}: the pool is {self._state.value}; a pool runs once, create a new one")
+
+    # ---------------------------------------------------------------------------------- lifecycle
+
+    async def _serve(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Start the workers, serve them until shutdown is requested, then stop them. Never leaks one."""
+        self._stop_requested, self._stopped = anyio.Event(), anyio.Event()
+        self._state = PoolState.STARTING
+        begun = time.monotonic()
+        try:
+            await self._start_workers()
+            async with anyio.create_task_group() as task_group:
+                for handle in self._handles:
+                    handle.serve(task_group)
+                task_group.start_soon(self._sample_loop, name="pool-sampler")
+                self._state = PoolState.RUNNING
+                self._started_at = time.monotonic()
+                self._log.info(
+                    "pool_started",
+                    workers=len(self._handles),
+                    pids=[h.pid for h in self._handles],
+                    seconds=round(self._started_at - begun, 3),
+                )
+                task_status.started()
+                await self._stop_requested.wait()
+                await self._stop_workers()
+                task_group.cancel_scope.cancel()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._reap_all()
+            self._state = PoolState.STOPPED
+            self._stopped.set()
+
+    async def _start_workers(self) -> None:
+        context = multiprocessing.get_context(self.config.start_method)
+        self._handles = [WorkerHandle(i, self.config, self._log) for i in range(self.config.worker_count)]
+        for handle in self._handles:
+            await handle.spawn(context, self.config.worker_count, self._handler_factory)
+        try:
+            for handle in self._handles:
+                await handle.handshake()
+        except WorkerStartupError as exc:
+            self._log.error("pool_start_failed", worker_id=exc.worker_id, error=str(exc))
+            raise
+
+    async def _stop_workers(self) -> None:
+        self._state = PoolState.STOPPING
+        begun = time.monotonic()
+        for handle in self._handles:
+            handle.request_stop()
+        with anyio.move_on_after(self.config.shutdown_timeout):
+            for handle in self._handles:
+                await handle.exited.wait()
+        stubborn = [h for h in self._handles if not h.exited.is_set()]
+        for handle in stubborn:
+            handle.terminate()
+        if stubborn:
+            with anyio.move_on_after(WorkerHandle.TERMINATE_GRACE):
+                for handle in stubborn:
+                    await handle.exited.wait()
+        self._log.info("pool_stopped", seconds=round(time.monotonic() - begun, 3), forced=[h.worker_id for h in stubborn])
+
+    async def _reap_all(self) -> None:
+        for handle in self._handles:
+            await handle.kill()
+            await handle.close()
+
+    async def _request_stop(self) -> None:
+        if self._stop_requested is not None:
+            self._stop_requested.set()
+
+    async def _shutdown(self) -> None:
+        if self._stopped is None:
+            self._state = PoolState.STOPPED
+            return
+        await self._request_stop()
+        await self._stopped.wait()
+
+    async def _sample_loop(self) -> None:
+        while True:
+            self._memory = _sample_memory(self.config.memory_threshold)
+            self._rate_samples.append((time.monotonic(), sum(h.applied for h in self._handles)))
+            await anyio.sleep(self.config.memory_check_interval)
+
+    def _rate(self) -> float:
+        if len(self._rate_samples) < 2:
+            return 0.0
+        (t0, n0), (t1, n1) = self._rate_samples[0], self._rate_samples[-1]
+        return (n1 - n0) / (t1 - t0) if t1 > t0 else 0.0
+
+    # ------------------------------------------------------------------------------- data path
+
+    def _check_running(self) -> None:
+        if self._state not in (PoolState.RUNNING, PoolState.DEGRADED):
+            raise PoolClosedError(f"the pool is {self._state.value}; create a new PersistentWorkerPool")
+
+    async def _publish(self, data: Publishable, timeout: float | None) -> None:
+        self._check_running()
+        frames: Iterable[Frame | Event] = [data] if isinstance(data, (bytes, bytearray, memoryview, str, msgspec.Struct)) else data  # type: ignore[list-item]
+        handles, slots_of, limit = self._handles, self._slots_of, self.config.max_pending_messages
+        deadline = None if timeout is None else time.monotonic() + timeout
+        accepted = 0
+        for frame in frames:
+            if type(frame) is not bytes:
+                frame = _to_frame(frame)
+            try:
+                slots = slots_of(frame)
+            except MessageError as exc:
+                self._rejected += 1
+                self._log.warning("frame_rejected", reason=str(exc))
+                continue
+            for slot in slots:
+                handle = handles[slot]
+                if handle.pending >= limit:
+                    await self._wait_for_room(handle, deadline, accepted)
+                handle.check_alive()
+                handle.enqueue(frame)
+            accepted += 1
+            self._published += 1
+            if not accepted % _YIELD_EVERY_FRAMES:
+                self._wake_writers()
+                await anyio.lowlevel.checkpoint()
+        self._wake_writers()
+
+    def _slots_of(self, frame: bytes) -> Iterable[int]:
+        """The slots a frame must go to. Reads only the asset ids; the worker does the full decode.
+
+        Raises:
+            MessageError: the frame is malformed (``models.decode_frame`` says how).
+        """
+        try:
+            route = _route_decoder.decode(frame)
+        except msgspec.DecodeError:
+            return self._slots_of_odd_frame(frame)
+        if type(route) is _RouteEvent and route.price_changes is None:
+            if route.asset_id is None:
+                return self._slots_of_odd_frame(frame)
+            return (self._route(route.asset_id),)
+        slots = set()
+        for event in route if isinstance(route, list) else [route]:
+            if event.asset_id is not None:
+                slots.add(self._route(event.asset_id))
+            for entry in event.price_changes or ():
+                slots.add(self._route(entry.asset_id))
+        return slots
+
+    def _slots_of_odd_frame(self, frame: bytes) -> Iterable[int]:
+        """A frame whose ids do not parse or that names no asset: a service text frame or an event
+        with no asset (no slots; counted as unroutable), or a malformed frame (raises `MessageError`)."""
+        slots = {self._route(asset_id) for event in decode_frame(frame) for asset_id in _asset_ids(event)}
+        if not slots:
+            self._unroutable += 1
+        return slots
+
+    def _wake_writers(self) -> None:
+        for handle in self._handles:
+            handle.wake()
+
+    async def _wait_for_room(self, handle: WorkerHandle, deadline: float | None, accepted: int) -> None:
+        self._wake_writers()
+        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+        with anyio.move_on_after(remaining) as scope:
+            await handle.wait_applied(handle.published - self.config.max_pending_messages + 1)
+        if scope.cancelled_caught:
+            raise PoolTimeoutError(
+                f"worker {handle.worker_id} still has {handle.pending} frames pending "
+                f"(max_pending_messages={self.config.max_pending_messages}) after the publish timeout; "
+                f"{accepted} frames of this call were accepted. Publish more slowly, add workers, or raise "
+                "max_pending_messages"
+            )
+
+    async def _flush(self, timeout: float | None) -> None:
+        self._check_running()
+        targets = [(handle, handle.published) for handle in self._handles]
+        self._wake_writers()
+        with anyio.move_on_after(timeout) as scope:
+            for handle, target in targets:
+                await handle.wait_applied(target)
+        if scope.cancelled_caught:
+            behind = {h.worker_id: target - h.applied for h, target in targets if h.applied < target}
+            raise PoolTimeoutError(f"flush timed out after {timeout:g} s; frames still to apply per worker: {behind}")
+
+    async def _get_book(self, asset_id: str, timeout: float | None) -> BookView:
+        self._check_running()
+        if not isinstance(asset_id, str):
+            raise TypeError(f"asset_id must be a str, got {type(asset_id).__name__}")
+        handle = self._handles[self._route(asset_id)]
+        with anyio.move_on_after(timeout) as scope:
+            book = await handle.get_book(asset_id)
+        if scope.cancelled_caught:
+            raise PoolTimeoutError(f"worker {handle.worker_id} did not answer get_book({asset_id!r}) within {timeout:g} s")
+        if book is None:
+            raise UnknownAssetError(asset_id, handle.worker_id)
+        return book
+
+
+def _asset_ids(event: Event | UnknownEvent) -> list[str]:
+    if isinstance(event, PriceChange):
+        return [asset_id for asset_id, _, _, _ in event.entries()]
+    if isinstance(event, UnknownEvent):
+        return []
+    return [event.asset_id]
+
+
+def _to_frame(item: Frame | Event) -> bytes:
+    if isinstance(item, str):
+        return item.encode()
+    if isinstance(item, (bytes, bytearray, memoryview)):
+        return bytes(item)
+    if isinstance(item, msgspec.Struct):
+        return _json_encoder.encode(item)
+    raise TypeError(f"publish takes bytes, str or event Structs (or an iterable of them), got {type(item).__name__}")
+
+
+def _check_handler_factory(factory: HandlerFactory | str | None) -> None:
+    if factory is None:
+        return
+    if isinstance(factory, str):
+        resolve_factory(factory)  # fail here, in the parent, rather than in every worker
+        return
+    if not callable(factory):
+        raise TypeError(f"handler_factory must be callable or an import path string, got {type(factory).__name__}")
+    try:
+        pickle.dumps(factory)
+    except Exception as exc:
+        raise TypeError(
+            f"handler_factory {factory!r} cannot be pickled ({exc}); workers are separate processes, so use a "
+            "module-level function or class, a functools.partial of one, or a 'package.module:factory' string"
+        ) from exc
+
+
+def _sample_memory(threshold: float) -> MemoryStatus:
+    memory = psutil.virtual_memory()
+    return MemoryStatus(
+        usage_percent=memory.percent,
+        available_bytes=memory.available,
+        total_bytes=memory.total,
+        threshold=threshold,
+        pressure=memory.percent >= threshold * 100,
+    )
+
+
+def _worker_status(handle: WorkerHandle, now: float) -> WorkerStatus:
+    stats = handle.stats
+    return WorkerStatus(
+        worker_id=handle.worker_id,
+        status=handle.state,
+        pid=handle.pid,
+        books=stats.orderbook_count if stats else 0,
+        messages=stats.messages_processed if stats else 0,
+        errors=stats.errors if stats else 0,
+        pending=handle.pending,
+        memory_bytes=stats.memory_usage_bytes if stats else 0,
+        last_heartbeat_age=now - handle.last_heard if handle.pid is not None else None,
+        restarts=handle.restarts,
+        exit_code=handle.exit_code,
+    )
+
+
+def _in_event_loop() -> bool:
+    """True when called from a task of a running asyncio or trio loop in this thread."""
+    try:
+        anyio.get_current_task()
+    except RuntimeError:
+        return False
+    return True
