@@ -1,0 +1,104 @@
+"""Helpers shared by the tests: the recorded fixtures, an independent reference book, condition waits."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterable
+from decimal import Decimal
+from pathlib import Path
+
+import msgspec
+import psutil
+
+FIXTURES = Path(__file__).parent / "fixtures" / "polymarket"
+
+
+def fixture_bytes(name: str) -> bytes:
+    return (FIXTURES / name).read_bytes()
+
+
+def sequence_objects(name: str) -> list[bytes]:
+    """The JSON lines of a ``sequence_*.txt`` file (label lines skipped), as raw bytes, in order."""
+    return [line.strip() for line in fixture_bytes(name).splitlines() if line.startswith(b"{")]
+
+
+class ReferenceBooks:
+    """A deliberately naive order-book model (dicts of ``Decimal``), independent of ``models.OrderBook``.
+
+    It is what the pool's books must equal: it knows the wire format through plain ``json`` and nothing
+    of the pool's parsing, fixed-point units or routing.
+    """
+
+    def __init__(self) -> None:
+        self.bids: dict[str, dict[Decimal, Decimal]] = {}
+        self.asks: dict[str, dict[Decimal, Decimal]] = {}
+
+    def apply_frames(self, frames: Iterable[bytes]) -> None:
+        for frame in frames:
+            document = msgspec.json.decode(frame)
+            for event in document if isinstance(document, list) else [document]:
+                self.apply(event)
+
+    def apply(self, event: dict[str, object]) -> None:
+        kind = event.get("event_type", "book")
+        if kind == "book":
+            asset = str(event["asset_id"])
+            self.bids[asset] = {Decimal(l["price"]): Decimal(l["size"]) for l in event["bids"]}  # type: ignore[attr-defined]
+            self.asks[asset] = {Decimal(l["price"]): Decimal(l["size"]) for l in event["asks"]}  # type: ignore[attr-defined]
+        elif kind == "price_change":
+            if "price_changes" in event:
+                entries = event["price_changes"]
+            elif "changes" in event:
+                entries = [dict(c, asset_id=event["asset_id"]) for c in event["changes"]]  # type: ignore[attr-defined]
+            else:
+                entries = [event]
+            for entry in entries:  # type: ignore[attr-defined]
+                asset = entry["asset_id"]
+                if asset not in self.bids:
+                    continue
+                side = self.bids[asset] if entry["side"] == "BUY" else self.asks[asset]
+                price, size = Decimal(entry["price"]), Decimal(entry["size"])
+                if size:
+                    side[price] = size
+                else:
+                    side.pop(price, None)
+
+    def levels(self, asset_id: str) -> tuple[list[tuple[Decimal, Decimal]], list[tuple[Decimal, Decimal]]]:
+        """Bids and asks best-first."""
+        bids = sorted(((p, s) for p, s in self.bids[asset_id].items() if s), reverse=True)
+        asks = sorted((p, s) for p, s in self.asks[asset_id].items() if s)
+        return bids, asks
+
+
+def as_decimals(pairs: Iterable[tuple[str, str]]) -> list[tuple[Decimal, Decimal]]:
+    return [(Decimal(p), Decimal(s)) for p, s in pairs]
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
+    """Poll ``predicate`` until it is true; fail with ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.01)
+
+
+# Helper processes multiprocessing keeps for the whole session (not pool workers, never leaked by one).
+_MULTIPROCESSING_HELPERS = ("resource_tracker", "forkserver")
+
+
+def child_pids() -> set[int]:
+    """Pids of this process's living children, less multiprocessing's own long-lived helpers."""
+    children = set()
+    for child in psutil.Process(os.getpid()).children(recursive=True):
+        try:
+            if child.status() == psutil.STATUS_ZOMBIE:
+                children.add(child.pid)  # a zombie is a leak too: nobody reaped it
+                continue
+            command = " ".join(child.cmdline())
+        except psutil.NoSuchProcess:
+            continue
+        if not any(helper in command for helper in _MULTIPROCESSING_HELPERS):
+            children.add(child.pid)
+    return children

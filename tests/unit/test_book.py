@@ -1,0 +1,184 @@
+"""Order-book semantics, checked against the exchange's own REST books and an independent Decimal model."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from models import BookEvent, BookStore, Level, MessageError, OrderBook, PriceChange, decode_frame, format_units, parse_units
+from tests.support import ReferenceBooks, as_decimals, sequence_objects
+
+ASSET = "1"
+
+
+def book_event(bids: list[tuple[str, str]], asks: list[tuple[str, str]], asset_id: str = ASSET) -> BookEvent:
+    return BookEvent(
+        asset_id=asset_id,
+        market="m",
+        bids=[Level(p, s) for p, s in bids],
+        asks=[Level(p, s) for p, s in asks],
+        timestamp=1,
+    )
+
+
+class TestUnits:
+    @pytest.mark.parametrize(
+        ("text", "units"),
+        [("0.5", 50_000_000), ("0.50", 50_000_000), (".48", 48_000_000), ("0", 0), ("0.0", 0), ("10500100", 1_050_010_000_000_000),
+         ("219.217767", 21_921_776_700), ("0.12345678", 12_345_678), ("1.500000000000", 150_000_000)],
+    )
+    def test_parse_exact(self, text: str, units: int) -> None:
+        """Decimal strings parse exactly; trailing zeros do not change the value."""
+        assert parse_units(text) == units
+
+    @pytest.mark.parametrize("text", ["", ".", "-1", "+1", "1e-3", "0.123456789", "1_000", "NaN", " 1", "٣", "0x10", "1.2.3", "99999999999999999999"])
+    def test_parse_rejects(self, text: str) -> None:
+        """Anything but a plain non-negative decimal with at most 8 significant decimals is rejected."""
+        with pytest.raises(MessageError):
+            parse_units(text)
+
+    @given(st.decimals(min_value=0, max_value=10**9, places=8, allow_nan=False, allow_infinity=False))
+    def test_format_round_trips(self, value: Decimal) -> None:
+        """format_units gives back the exact value parse_units read."""
+        assert Decimal(format_units(parse_units(f"{value:f}"))) == value
+
+
+class TestOrderBook:
+    def test_snapshot_orders_and_best_levels(self) -> None:
+        """A snapshot in wire order (bids ascending, asks descending) gives best-first sides."""
+        book = OrderBook(ASSET)
+        book.apply_snapshot(book_event([("0.1", "5"), ("0.2", "7")], [("0.9", "1"), ("0.3", "2")]))
+        assert book.bids() == [("0.2", "7"), ("0.1", "5")]
+        assert book.asks() == [("0.3", "2"), ("0.9", "1")]
+        assert book.best_bid() == ("0.2", "7") and book.best_ask() == ("0.3", "2")
+        assert book.depth == (2, 2)
+        assert book.bids(depth=1) == [("0.2", "7")]
+
+    def test_snapshot_replaces_everything(self) -> None:
+        """A level the new snapshot does not list no longer exists."""
+        book = OrderBook(ASSET)
+        book.apply_snapshot(book_event([("0.1", "5"), ("0.2", "7")], [("0.9", "1")]))
+        book.apply_snapshot(book_event([("0.15", "3")], []))
+        assert book.bids() == [("0.15", "3")] and book.asks() == [] and book.best_ask() is None
+
+    def test_size_zero_removes_and_equal_decimals_are_one_level(self) -> None:
+        """"0.5" and "0.50" name the same level; size "0" (or "0.00") removes it."""
+        book = OrderBook(ASSET)
+        book.apply_snapshot(book_event([("0.5", "10")], []))
+        book.apply_price_change("BUY", "0.50", "12.0")
+        assert book.bids() == [("0.5", "12")]
+        book.apply_price_change("BUY", "0.500", "0.00")
+        assert book.bids() == []
+        book.apply_price_change("SELL", "0.7", "0")  # removing a level that is not there is harmless
+        assert book.asks() == []
+
+    def test_rejected_change_leaves_book_unchanged(self) -> None:
+        """An invalid price (outside (0, 1)) or size raises MessageError and changes nothing."""
+        book = OrderBook(ASSET)
+        book.apply_snapshot(book_event([("0.5", "10")], []))
+        for price, size in [("1.5", "1"), ("0", "1"), ("0.5", "-1"), ("0.5", "abc")]:
+            with pytest.raises(MessageError):
+                book.apply_price_change("BUY", price, size)
+        assert book.bids() == [("0.5", "10")]
+
+    def test_bad_snapshot_keeps_old_book(self) -> None:
+        book = OrderBook(ASSET)
+        book.apply_snapshot(book_event([("0.5", "10")], []))
+        with pytest.raises(MessageError):
+            book.apply_snapshot(book_event([("0.4", "1"), ("2", "1")], []))
+        assert book.bids() == [("0.5", "10")]
+
+    def test_memory_usage_is_small(self) -> None:
+        """A book of 99 levels costs a few KB, far under 100 KB (the cap is 100 MB per 1000 books)."""
+        book = OrderBook(ASSET)
+        book.apply_snapshot(book_event([(f"0.{i:02d}", "100") for i in range(1, 50)], [(f"0.{i:02d}", "1") for i in range(99, 49, -1)]))
+        assert book.depth == (49, 50)
+        assert 1_000 < book.memory_usage() < 4_000
+
+
+class TestRecordedSequences:
+    @pytest.mark.parametrize(
+        ("name", "start", "after"),
+        [
+            ("sequence_2024-12_price_change_v1_changes.txt", (72, 79), [(72, 78), (72, 77)]),
+            ("sequence_2025-10_price_change_v2.txt", (18, 17), [(18, 16), (18, 16)]),
+        ],
+    )
+    def test_sequence_reproduces_rest_books(self, name: str, start: tuple[int, int], after: list[tuple[int, int]]) -> None:
+        """After the recorded book and each price_change, the book equals the exchange's REST book, level for level."""
+        book_frame, change_1, rest_1, change_2, rest_2 = sequence_objects(name)
+        store = BookStore()
+        (snapshot,) = decode_frame(book_frame)
+        store.apply(snapshot)
+        (asset_id,) = store.books
+        assert store.books[asset_id].depth == start
+        for change, rest, depth in ((change_1, rest_1, after[0]), (change_2, rest_2, after[1])):
+            (event,) = decode_frame(change)
+            assert isinstance(event, PriceChange)
+            changed = store.apply(event)
+            assert [b.asset_id for b in changed] == [asset_id]
+            (expected,) = decode_frame(rest)
+            assert isinstance(expected, BookEvent)
+            book = store.books[asset_id]
+            assert book.depth == depth
+            assert as_decimals(book.bids()) == as_decimals((l.price, l.size) for l in reversed(expected.bids))
+            assert as_decimals(book.asks()) == as_decimals((l.price, l.size) for l in reversed(expected.asks))
+
+    def test_mirrored_token_is_skipped_and_counted(self) -> None:
+        """The v2 entry for the market's other token (which we hold no book for) is skipped, and counted."""
+        book_frame, change_1, *_ = sequence_objects("sequence_2025-10_price_change_v2.txt")
+        store = BookStore()
+        store.apply(decode_frame(book_frame)[0])
+        store.apply(decode_frame(change_1)[0])
+        assert store.skipped == 1
+        assert len(store) == 1
+
+
+class TestBookStore:
+    def test_unowned_assets_are_ignored_silently(self) -> None:
+        """Entries for assets another worker owns are neither applied nor counted as skipped."""
+        store = BookStore(owns=lambda asset_id: asset_id == "a")
+        assert store.apply(book_event([("0.1", "1")], [], asset_id="b")) == []
+        store.apply(book_event([("0.1", "1")], [], asset_id="a"))
+        assert list(store.books) == ["a"] and store.skipped == 0
+
+    def test_bad_entry_rejects_whole_message(self) -> None:
+        """A price_change with one invalid entry changes no book at all."""
+        store = BookStore()
+        store.apply(book_event([("0.1", "1")], [], asset_id="a"))
+        event = decode_frame(
+            b'{"event_type":"price_change","market":"m","timestamp":"2","price_changes":['
+            b'{"asset_id":"a","price":"0.2","side":"BUY","size":"5"},{"asset_id":"a","price":"7","side":"BUY","size":"5"}]}'
+        )[0]
+        with pytest.raises(MessageError, match="outside"):
+            store.apply(event)
+        assert store.books["a"].bids() == [("0.1", "1")]
+
+
+levels = st.lists(
+    st.tuples(st.sampled_from(["BUY", "SELL"]), st.integers(1, 999), st.sampled_from(["0", "0.00", "1", "2.5", "100", "0.01", "33.333"])),
+    max_size=60,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(levels)
+def test_price_changes_match_decimal_reference(changes: list[tuple[str, int, str]]) -> None:
+    """Any sequence of level changes leaves the book equal to a naive Decimal dict model."""
+    reference = ReferenceBooks()
+    snapshot = b'{"event_type":"book","asset_id":"a","market":"m","bids":[{"price":"0.1","size":"1"}],"asks":[{"price":"0.9","size":"2"}]}'
+    frames = [snapshot] + [
+        f'{{"event_type":"price_change","asset_id":"a","market":"m","price":"{p / 1000:g}","side":"{side}","size":"{size}"}}'.encode()
+        for side, p, size in changes
+    ]
+    reference.apply_frames(frames)
+    store = BookStore()
+    for frame in frames:
+        for event in decode_frame(frame):
+            store.apply(event)
+    bids, asks = reference.levels("a")
+    assert as_decimals(store.books["a"].bids()) == bids
+    assert as_decimals(store.books["a"].asks()) == asks
