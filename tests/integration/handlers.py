@@ -1,0 +1,75 @@
+"""Handler factories the integration tests hand to worker processes (module level, so they pickle)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+
+class RecordingHandler:
+    """Appends one line per callback, ``<callback> <asset_id>``, to ``<directory>/worker-<id>.log``."""
+
+    def __init__(self, directory: str, worker_id: int) -> None:
+        self._fd = os.open(Path(directory) / f"worker-{worker_id}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+
+    def _record(self, name: str, book: Any) -> None:
+        os.write(self._fd, f"{name} {book.asset_id}\n".encode())
+
+    def on_snapshot(self, book: Any, event: Any) -> None:
+        self._record("on_snapshot", book)
+
+    def on_price_change(self, book: Any, event: Any) -> None:
+        self._record("on_price_change", book)
+
+    def on_trade(self, book: Any, event: Any) -> None:
+        self._record("on_trade", book)
+
+    def on_tick_size_change(self, book: Any, event: Any) -> None:
+        self._record("on_tick_size_change", book)
+
+
+class FailingHandler:
+    """Raises from every price-change callback (the book update must still stand)."""
+
+    def on_price_change(self, book: Any, event: Any) -> None:
+        raise RuntimeError(f"handler bug on {book.asset_id}")
+
+
+def failing_handler(worker_id: int) -> FailingHandler:
+    return FailingHandler()
+
+
+def broken_factory(worker_id: int) -> Any:
+    raise RuntimeError(f"cannot build a handler for worker {worker_id}")
+
+
+class StubbornHandler:
+    """Ignores SIGTERM and never returns from a snapshot callback: only SIGKILL stops this worker."""
+
+    def __init__(self) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+    def on_snapshot(self, book: Any, event: Any) -> None:
+        while True:
+            time.sleep(0.05)
+
+
+def stubborn_handler(worker_id: int) -> StubbornHandler:
+    return StubbornHandler()
+
+
+class SlowHandler:
+    """Takes ``delay`` seconds per snapshot, so a fast publisher runs into max_pending_messages."""
+
+    def __init__(self, delay: float) -> None:
+        self._delay = delay
+
+    def on_snapshot(self, book: Any, event: Any) -> None:
+        time.sleep(self._delay)
+
+
+def slow_handler(delay: float, worker_id: int) -> SlowHandler:
+    return SlowHandler(delay)

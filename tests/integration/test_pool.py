@@ -1,0 +1,312 @@
+"""The pool with real worker processes, real socket pairs and real signals."""
+
+from __future__ import annotations
+
+import functools
+import os
+import signal
+import time
+from collections import Counter
+from pathlib import Path
+
+import anyio
+import msgspec
+import pytest
+import structlog
+
+from models import BookView, PoolState, WorkerState
+from pool import (
+    BrokenWorkerError,
+    PersistentWorkerPool,
+    PoolClosedError,
+    PoolConfig,
+    PoolTimeoutError,
+    UnknownAssetError,
+    WorkerStartupError,
+)
+from pool._synthetic import SyntheticMarket
+from tests.integration import handlers
+from tests.support import ReferenceBooks, as_decimals, child_pids, wait_for
+
+pytestmark = pytest.mark.timeout(60)
+
+FAST = {"heartbeat_interval": 0.5, "shutdown_timeout": 5.0, "worker_startup_timeout": 20.0}
+
+
+def config(**overrides: object) -> PoolConfig:
+    return PoolConfig(**{"worker_count": 2, **FAST, **overrides})  # type: ignore[arg-type]
+
+
+def assert_book_equals_reference(view: BookView, reference: ReferenceBooks) -> None:
+    bids, asks = reference.levels(view.asset_id)
+    assert as_decimals(view.bids) == bids, view.asset_id
+    assert as_decimals(view.asks) == asks, view.asset_id
+
+
+@pytest.fixture(scope="module")
+def market_stream() -> tuple[SyntheticMarket, list[bytes], list[bytes]]:
+    market = SyntheticMarket(1000, seed=7)
+    return market, market.snapshots(), list(market.updates(24_000))
+
+
+class TestBooksAreExact:
+    def test_four_workers_match_reference(self, market_stream: tuple[SyntheticMarket, list[bytes], list[bytes]]) -> None:
+        """4 workers, 1,000 books, 24,000 mixed messages: every book equals an independent reference."""
+        market, snapshots, updates = market_stream
+        reference = ReferenceBooks()
+        reference.apply_frames(snapshots + updates)
+        with PersistentWorkerPool(config(worker_count=4)) as pool:
+            pool.publish(snapshots)
+            for start in range(0, len(updates), 5_000):
+                pool.publish(updates[start : start + 5_000])
+            for asset_id in market.asset_ids:
+                assert_book_equals_reference(pool.get_book(asset_id), reference)
+            status = pool.get_status()
+        assert status.messages_published == len(snapshots) + len(updates)
+        assert status.total_books == 1000
+        assert status.frames_rejected == 0
+        assert all(w.books > 0 and w.messages > 0 for w in status.workers.values())
+        assert sum(w.books for w in status.workers.values()) == 1000
+
+    def test_read_your_writes_without_flush(self) -> None:
+        """get_book right after publish (no flush) sees the write, every time."""
+        market = SyntheticMarket(50, seed=3)
+        with PersistentWorkerPool(config()) as pool:
+            pool.publish(market.snapshots())
+            for step in range(200):
+                asset_id = market.asset_ids[step % 50]
+                size = f"{step + 1}.5"
+                pool.publish(msgspec.json.encode({"event_type": "price_change", "asset_id": asset_id, "market": "m", "price": "0.5", "side": "BUY", "size": size}))
+                assert ("0.5", size) in pool.get_book(asset_id).bids
+
+    def test_per_asset_order(self) -> None:
+        """5,000 writes to one level, interleaved with other traffic, end at the last value written."""
+        market = SyntheticMarket(20, seed=5)
+        hot = market.asset_ids[0]
+        frames = []
+        noise = market.updates(5_000)
+        for size in range(1, 5_001):
+            frames.append(msgspec.json.encode({"event_type": "price_change", "asset_id": hot, "market": "m", "price": "0.01", "side": "BUY", "size": str(size)}))
+            frames.append(next(noise))
+        with PersistentWorkerPool(config(worker_count=3)) as pool:
+            pool.publish(market.snapshots())
+            pool.publish(frames[: len(frames) // 2])
+            assert pool.get_book(hot).bids[-1] == ("0.01", "2500")
+            pool.publish(frames[len(frames) // 2 :])
+            assert pool.get_book(hot).bids[-1] == ("0.01", "5000")
+
+    def test_malformed_frames_are_counted_and_skipped(self) -> None:
+        """Bad frames mixed into the stream are counted; the workers live on and every book is right."""
+        market = SyntheticMarket(200, seed=11)
+        snapshots, updates = market.snapshots(), list(market.updates(4_000))
+        bad = [
+            b"garbage",  # parent: not JSON
+            b'{"asset_id": 5}',  # parent: asset_id not a string
+            b'{"foo": "bar"}',  # parent: no event type, not a book
+            msgspec.json.encode({"event_type": "price_change", "asset_id": market.asset_ids[0], "market": "m", "price": "1.7", "side": "BUY", "size": "1"}),  # worker: price out of range
+            msgspec.json.encode({"event_type": "book", "asset_id": market.asset_ids[1], "bids": "none", "asks": []}),  # worker: bad book
+        ]
+        ignorable = [b"PONG", msgspec.json.encode({"event_type": "new_market", "id": "1"})]
+        mixed = list(updates)
+        for index, frame in enumerate(bad + ignorable):
+            mixed.insert(500 * (index + 1), frame)
+        reference = ReferenceBooks()
+        reference.apply_frames(snapshots + updates)
+        with PersistentWorkerPool(config()) as pool:
+            pool.publish(snapshots)
+            pool.publish(mixed)
+            pool.flush(timeout=30)
+            status = pool.get_status()
+            assert status.frames_rejected == len(bad)
+            assert status.frames_unroutable == len(ignorable)
+            assert status.alive_workers == 2 and status.pool_status is PoolState.RUNNING
+            for asset_id in market.asset_ids:
+                assert_book_equals_reference(pool.get_book(asset_id), reference)
+
+    def test_unknown_asset(self) -> None:
+        with PersistentWorkerPool(config()) as pool, pytest.raises(UnknownAssetError, match="never received a `book`"):
+            pool.get_book("123")
+
+
+class TestHandlers:
+    def test_callbacks_fire_with_the_right_counts(self, tmp_path: Path) -> None:
+        """Each callback fires once per event per book it changed, in the worker that owns the book."""
+        market = SyntheticMarket(100, seed=13)
+        snapshots, updates = market.snapshots(), list(market.updates(3_000))
+        expected: Counter[str] = Counter(on_snapshot=len(snapshots))
+        for frame in updates:
+            event = msgspec.json.decode(frame)
+            kind = event["event_type"]
+            if kind == "price_change":
+                assets = {e["asset_id"] for e in event["price_changes"]} if "price_changes" in event else {event["asset_id"]}
+                expected["on_price_change"] += len(assets)
+            else:
+                expected["on_trade" if kind == "last_trade_price" else "on_tick_size_change"] += 1
+        factory = functools.partial(handlers.RecordingHandler, str(tmp_path))
+        with PersistentWorkerPool(config(worker_count=3), handler_factory=factory) as pool:
+            pool.publish(snapshots + updates)
+            pool.flush(timeout=30)
+            pids = {w.pid for w in pool.get_status().workers.values()}
+        seen: Counter[str] = Counter()
+        for log in tmp_path.glob("worker-*.log"):
+            seen.update(line.split()[0] for line in log.read_text().splitlines())
+        assert seen == expected
+        assert len(pids) == 3
+
+    def test_handler_errors_are_counted_and_the_update_stands(self) -> None:
+        """A raising callback is counted in handler_errors; the book still has the change."""
+        market = SyntheticMarket(10, seed=17)
+        asset_id = market.asset_ids[0]
+        with PersistentWorkerPool(config(), handler_factory="tests.integration.handlers:failing_handler") as pool:
+            pool.publish(market.snapshots())
+            pool.publish(msgspec.json.encode({"event_type": "price_change", "asset_id": asset_id, "market": "m", "price": "0.42", "side": "SELL", "size": "9"}))
+            assert ("0.42", "9") in pool.get_book(asset_id).asks
+            stats = pool.get_stats()
+        assert sum(s.handler_errors for s in stats.values()) == 1
+        assert sum(s.errors for s in stats.values()) == 0
+
+    def test_unpicklable_factory_is_refused_before_start(self) -> None:
+        with pytest.raises(TypeError, match="cannot be pickled"):
+            PersistentWorkerPool(config(), handler_factory=lambda worker_id: None)
+
+    def test_bad_import_path_is_refused_before_start(self) -> None:
+        with pytest.raises(ValueError, match="package.module:factory"):
+            PersistentWorkerPool(config(), handler_factory="no_colon_here")
+        with pytest.raises(AttributeError):
+            PersistentWorkerPool(config(), handler_factory="tests.integration.handlers:missing")
+
+
+class TestAsync:
+    @pytest.mark.anyio
+    async def test_async_with(self, anyio_backend: str) -> None:
+        """Under async with (asyncio and trio) the same methods are coroutines and give the same books."""
+        market = SyntheticMarket(100, seed=19)
+        snapshots, updates = market.snapshots(), list(market.updates(2_000))
+        reference = ReferenceBooks()
+        reference.apply_frames(snapshots + updates)
+        async with PersistentWorkerPool(config()) as pool:
+            await pool.start()  # already started: a no-op
+            await pool.publish(snapshots)
+            await pool.publish(updates)
+            await pool.flush(timeout=30)
+            for asset_id in market.asset_ids:
+                assert_book_equals_reference(await pool.get_book(asset_id), reference)
+            assert pool.is_healthy() and pool.get_alive_count() == 2
+            await pool.shutdown()
+            await pool.shutdown()  # idempotent
+            assert pool.state is PoolState.STOPPED
+        with pytest.raises(PoolClosedError):
+            await pool.publish(snapshots)
+
+    @pytest.mark.anyio
+    async def test_cancelled_block_still_stops_workers(self, anyio_backend: str) -> None:
+        """A cancel scope that fires inside async with still stops and reaps every worker."""
+        with anyio.move_on_after(0.5):
+            async with PersistentWorkerPool(config()) as pool:
+                pids = [w.pid for w in pool.get_status().workers.values()]
+                await anyio.sleep_forever()
+        assert pool.state is PoolState.STOPPED
+        assert not any(_alive(pid) for pid in pids)
+
+
+class TestLifecycle:
+    def test_exception_in_block_leaves_no_process(self) -> None:
+        """An exception inside `with` propagates, and every worker is gone afterwards."""
+        before = child_pids()
+        with pytest.raises(ZeroDivisionError), PersistentWorkerPool(config(worker_count=3)) as pool:
+            assert len(child_pids() - before) == 3
+            1 / 0  # noqa: B018
+        assert pool.state is PoolState.STOPPED
+        assert child_pids() - before == set()
+
+    def test_stubborn_worker_is_killed_within_shutdown_timeout(self) -> None:
+        """A worker that never finishes its batch and ignores SIGTERM is SIGKILLed soon after shutdown_timeout."""
+        market = SyntheticMarket(4, seed=23)
+        pool = PersistentWorkerPool(config(shutdown_timeout=1.0), handler_factory=handlers.stubborn_handler)
+        with pool:
+            pool.publish(market.snapshots())
+            started = time.monotonic()
+        elapsed = time.monotonic() - started
+        assert 1.0 <= elapsed < 1.0 + 1.5
+        exit_codes = {w.exit_code for w in pool.get_status().workers.values()}
+        assert exit_codes == {-signal.SIGKILL}
+
+    def test_lazy_start_warns_and_works(self) -> None:
+        """Without a context manager the pool starts on first use, warns, and shuts down on request."""
+        market = SyntheticMarket(10, seed=29)
+        pool = PersistentWorkerPool(config())
+        with structlog.testing.capture_logs() as logs:
+            pool.publish(market.snapshots())
+        assert any(entry["event"] == "pool_lazy_start" and entry["log_level"] == "warning" for entry in logs)
+        assert len(pool.get_book(market.asset_ids[0]).bids) > 0
+        pool.shutdown()
+        pool.shutdown()
+        assert pool.state is PoolState.STOPPED
+        with pytest.raises(PoolClosedError, match="create a new"):
+            pool.publish(market.snapshots())
+
+    def test_a_pool_runs_once(self) -> None:
+        pool = PersistentWorkerPool(config(worker_count=1))
+        with pool:
+            pass
+        with pytest.raises(PoolClosedError, match="a pool runs once"), pool:
+            pass
+
+    def test_backpressure_times_out_with_a_clear_error(self) -> None:
+        """With max_pending_messages reached and a slow worker, publish(timeout=...) raises and says why."""
+        market = SyntheticMarket(2, seed=31)
+        slow = functools.partial(handlers.slow_handler, 0.05)
+        with PersistentWorkerPool(config(worker_count=1, max_pending_messages=10), handler_factory=slow) as pool:
+            frames = [market.book(market.asset_ids[0]) for _ in range(200)]
+            with pytest.raises(PoolTimeoutError, match=r"max_pending_messages=10\).*frames of this call were accepted") as caught:
+                pool.publish(frames, timeout=0.2)
+            assert pool.get_status().workers[0].pending <= 10
+            assert "accepted" in str(caught.value)
+
+
+class TestFailures:
+    @pytest.mark.parametrize("start_method", ["spawn", "forkserver"])
+    def test_killed_worker_fails_waiters_and_degrades_pool(self, start_method: str) -> None:
+        """SIGKILL on a worker: seen at once, the pool is degraded, calls on its books raise BrokenWorkerError."""
+        market = SyntheticMarket(40, seed=37)
+        with PersistentWorkerPool(config(start_method=start_method)) as pool:
+            pool.publish(market.snapshots())
+            pool.flush(timeout=10)
+            victim = pool.get_status().workers[0]
+            assert victim.pid is not None
+            os.kill(victim.pid, signal.SIGKILL)
+            wait_for(lambda: pool.get_status().workers[0].status is WorkerState.FAILED, what="worker 0 marked failed")
+            status = pool.get_status()
+            assert status.pool_status is PoolState.DEGRADED and status.workers[0].exit_code == -signal.SIGKILL
+            assert not pool.is_healthy() and pool.get_alive_count() == 1
+            owned_by_0 = next(a for a in market.asset_ids if pool._route(a) == 0)
+            owned_by_1 = next(a for a in market.asset_ids if pool._route(a) == 1)
+            with pytest.raises(BrokenWorkerError, match="killed by SIGKILL"):
+                pool.get_book(owned_by_0)
+            assert pool.get_book(owned_by_1).bids
+
+    @pytest.mark.parametrize("start_method", ["spawn", "forkserver"])
+    def test_failing_handler_factory_aborts_start(self, start_method: str) -> None:
+        """A handler factory that raises: WorkerStartupError, with the worker's traceback as the cause."""
+        before = child_pids()
+        with pytest.raises(WorkerStartupError, match="failed to build its handler") as caught:
+            with PersistentWorkerPool(config(start_method=start_method), handler_factory=handlers.broken_factory):
+                pytest.fail("the pool must not start")
+        assert "cannot build a handler for worker" in str(caught.value.__cause__)
+        assert child_pids() - before == set()
+
+    def test_worker_startup_timeout(self) -> None:
+        """A worker that never reports ready is killed after worker_startup_timeout, and nothing is left."""
+        with pytest.raises(WorkerStartupError, match="worker_startup_timeout"):
+            with PersistentWorkerPool(config(worker_startup_timeout=0.01)):
+                pytest.fail("the pool must not start")
+
+
+def _alive(pid: int | None) -> bool:
+    if pid is None:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
