@@ -3,6 +3,8 @@
 Nothing here starts a process or imports the pool, so worker processes and tools can use it cheaply.
 """
 
+import contextlib
+
 from ._book import BookStore, OrderBook, format_units, parse_units
 from ._config import PoolConfig
 from ._messages import (
@@ -52,8 +54,7 @@ __all__ = [
 for _name in __all__:
     _value = globals()[_name]
     if isinstance(_value, type) or callable(_value):
-        try:
+        # Type aliases (Event, Side) have no settable __module__; everything else shows as models.X.
+        with contextlib.suppress(AttributeError, TypeError):
             _value.__module__ = __name__
-        except (AttributeError, TypeError):  # type aliases (Event, Side) have no settable __module__
-            pass
 del _name, _value

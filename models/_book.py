@@ -37,11 +37,12 @@ _SCALE = 10**_DECIMALS
 _MAX_UNITS = 2**63 - 1
 _POW = [10 ** (_DECIMALS - n) for n in range(_DECIMALS + 1)]
 
-# Parsed decimal strings, shared by all books of a worker: prices repeat endlessly and round sizes often,
-# and a hit costs a tenth of a parse. Bounded so a feed of ever-new values cannot grow it: raising the
-# bound buys hit rate with about 130 bytes per entry; the whole cache is dropped when it fills.
-_UNITS_CACHE_SIZE = 8192
-_units_cache: dict[str, int] = {}
+# Parsed prices, shared by all books of a worker. Prices repeat endlessly (at most a few thousand
+# distinct strings on a 0.001 grid), so a hit saves most of a parse. Bounded so a feed of ever-new values
+# cannot grow it; the whole cache is dropped when it fills (about 130 bytes per entry). Sizes are not
+# cached: they rarely repeat, and misses would only evict prices.
+_PRICE_CACHE_SIZE = 16_384
+_price_cache: dict[str, int] = {}
 
 
 def parse_units(text: str) -> int:
@@ -51,19 +52,28 @@ def parse_units(text: str) -> int:
         MessageError: ``text`` is not a plain non-negative decimal, has more than 8 significant decimals,
             or is too large for a 64-bit level.
     """
-    cached = _units_cache.get(text)
-    if cached is not None:
-        return cached
     whole, _, frac = text.partition(".")
-    significant = frac.rstrip("0")
-    if not (whole + frac).isdigit() or not text.isascii() or len(significant) > _DECIMALS:
+    if len(frac) > _DECIMALS:
+        frac = frac.rstrip("0")  # "1.500000000000" is exact; only significant decimals count
+    digits = whole + frac
+    if not digits.isdigit() or not digits.isascii() or len(frac) > _DECIMALS:
         raise MessageError(f"{text!r} is not a non-negative decimal with at most {_DECIMALS} decimals")
-    units = int(whole + significant or "0") * _POW[len(significant)]
+    units: int = int(digits) * _POW[len(frac)]
     if units > _MAX_UNITS:
         raise MessageError(f"{text!r} is too large for a book level (at most {_MAX_UNITS // _SCALE})")
-    if len(_units_cache) >= _UNITS_CACHE_SIZE:
-        _units_cache.clear()
-    _units_cache[text] = units
+    return units
+
+
+def _parse_price(text: str) -> int:
+    units = _price_cache.get(text)
+    if units is not None:
+        return units
+    units = parse_units(text)
+    if not 0 < units < _SCALE:
+        raise MessageError(f"price {text!r} is outside (0, 1); Polymarket prices are probabilities")
+    if len(_price_cache) >= _PRICE_CACHE_SIZE:
+        _price_cache.clear()
+    _price_cache[text] = units
     return units
 
 
@@ -73,13 +83,6 @@ def format_units(units: int) -> str:
     if not frac:
         return str(whole)
     return f"{whole}.{frac:0{_DECIMALS}d}".rstrip("0")
-
-
-def _parse_price(text: str) -> int:
-    units = parse_units(text)
-    if not 0 < units < _SCALE:
-        raise MessageError(f"price {text!r} is outside (0, 1); Polymarket prices are probabilities")
-    return units
 
 
 class OrderBook:
@@ -181,8 +184,7 @@ class OrderBook:
         count = len(self._bid_prices) if depth is None else min(depth, len(self._bid_prices))
         last = len(self._bid_prices) - 1
         return [
-            (format_units(self._bid_prices[last - i]), format_units(self._bid_sizes[last - i]))
-            for i in range(count)
+            (format_units(self._bid_prices[last - i]), format_units(self._bid_sizes[last - i])) for i in range(count)
         ]
 
     def asks(self, depth: int | None = None) -> list[tuple[str, str]]:
@@ -285,6 +287,21 @@ class BookStore:
                 return []
 
     def _apply_price_change(self, event: PriceChange) -> list[OrderBook]:
+        price, side, size = event.price, event.side, event.size
+        if (
+            price is not None
+            and side is not None
+            and size is not None
+            and event.asset_id is not None
+            and event.changes is None
+            and event.price_changes is None
+        ):
+            # The one-level shape, most of the traffic: no lists, and nothing to roll back.
+            book = self._book_for(event.asset_id)
+            if book is None:
+                return []
+            book.set_level(side, _parse_price(price), parse_units(size), event.timestamp)
+            return [book]
         # Parse everything first, so that a bad entry rejects the message without a half-applied book.
         updates: list[tuple[OrderBook, Side, int, int]] = []
         for asset_id, side, price, size in event.entries():
@@ -310,4 +327,3 @@ class BookStore:
     def memory_usage(self) -> int:
         """Sum of `OrderBook.memory_usage` over the store."""
         return sum(book.memory_usage() for book in self.books.values())
-

@@ -1,9 +1,8 @@
 """`PoolConfig`: every setting of the pool, checked when it is built so that a bad value never starts one."""
 
-
 import math
 import os
-from typing import Literal
+from typing import Literal, get_args
 
 import msgspec
 
@@ -86,9 +85,11 @@ class PoolConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
                 bracket = "[" if low_inclusive else "("
                 raise ValueError(f"PoolConfig.{name} must be in {bracket}{low:g}, {high:g}], got {value!r}")
         for name, allowed in (("start_method", StartMethod), ("memory_policy", MemoryPolicy)):
-            choices = allowed.__args__
+            choices = get_args(allowed)
             if getattr(self, name) not in choices:
-                raise ValueError(f"PoolConfig.{name} must be one of {', '.join(map(repr, choices))}, got {getattr(self, name)!r}")
+                raise ValueError(
+                    f"PoolConfig.{name} must be one of {', '.join(map(repr, choices))}, got {getattr(self, name)!r}"
+                )
 
     @property
     def effective_heartbeat_timeout(self) -> float:

@@ -10,7 +10,6 @@ unknown event type (counted and skipped), an untagged book (REST responses and o
 ``event_type``) and a malformed frame (``MessageError``) apart.
 """
 
-
 from typing import Literal, TypeAlias
 
 import msgspec

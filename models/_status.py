@@ -4,7 +4,6 @@ All are frozen msgspec Structs, so ``msgspec.to_builtins(pool.get_status())`` gi
 and a status can cross a process boundary in one encode.
 """
 
-
 import enum
 
 import msgspec

@@ -33,7 +33,15 @@ __all__ = [
     "WorkerStartupError",
 ]
 
-for _error in (BrokenWorkerError, PoolClosedError, PoolError, PoolTimeoutError, UnknownAssetError, WorkerError, WorkerStartupError):
+for _error in (
+    BrokenWorkerError,
+    PoolClosedError,
+    PoolError,
+    PoolTimeoutError,
+    UnknownAssetError,
+    WorkerError,
+    WorkerStartupError,
+):
     _error.__module__ = __name__
 del _error
 

@@ -30,21 +30,20 @@ def slot_for(asset_id: str, slots: int) -> int:
     return bucket
 
 
-class Router:
-    """`slot_for` with a cache, for the per-message path (a dict hit instead of a BLAKE2b digest)."""
+class Router(dict[str, int]):
+    """`slot_for` behind a dict: ``router[asset_id]`` is a plain dict hit on the per-message path, and only
+    a new asset pays for a BLAKE2b digest (in ``__missing__``)."""
 
-    __slots__ = ("_cache", "slots")
+    __slots__ = ("slots",)
 
     def __init__(self, slots: int) -> None:
+        super().__init__()
         if slots < 1:
             raise ValueError(f"a router needs at least one slot, got {slots}")
         self.slots = slots
-        self._cache: dict[str, int] = {}
 
-    def __call__(self, asset_id: str) -> int:
-        slot = self._cache.get(asset_id)
-        if slot is None:
-            if len(self._cache) >= _ROUTE_CACHE_SIZE:
-                self._cache.clear()
-            slot = self._cache[asset_id] = slot_for(asset_id, self.slots)
+    def __missing__(self, asset_id: str) -> int:
+        if len(self) >= _ROUTE_CACHE_SIZE:
+            self.clear()
+        slot = self[asset_id] = slot_for(asset_id, self.slots)
         return slot

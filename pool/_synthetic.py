@@ -38,9 +38,7 @@ class SyntheticMarket:
         self._random = random.Random(seed)
         count = assets + assets % 2
         self.asset_ids = [str(self._random.getrandbits(252)).rjust(76, "1") for _ in range(count)]
-        self.market_of = {
-            asset_id: f"0x{index // 2:064x}" for index, asset_id in enumerate(self.asset_ids)
-        }
+        self.market_of = {asset_id: f"0x{index // 2:064x}" for index, asset_id in enumerate(self.asset_ids)}
         self._twin = {a: b for a, b in zip(self.asset_ids[::2], self.asset_ids[1::2], strict=True)}
         self._twin.update({b: a for a, b in self._twin.items()})
         self._mid = {asset_id: self._random.randint(20, 80) for asset_id in self.asset_ids}

@@ -25,7 +25,17 @@ import msgspec
 import psutil
 import structlog
 
-from models import BookEvent, BookStore, LastTradePrice, MessageError, PriceChange, TickSizeChange, UnknownEvent, WorkerStats, decode_frame
+from models import (
+    BookEvent,
+    BookStore,
+    LastTradePrice,
+    MessageError,
+    PriceChange,
+    TickSizeChange,
+    UnknownEvent,
+    WorkerStats,
+    decode_frame,
+)
 
 from ._protocol import Batch, BookReply, Fatal, GetBook, Progress, Ready, Stop, ToWorker
 from ._routing import Router
@@ -128,7 +138,7 @@ class _Worker:
         self._heartbeat_interval = heartbeat_interval
         self._log = log
         route = Router(worker_count)
-        self._store = BookStore(owns=lambda asset_id: route(asset_id) == worker_id)
+        self._store = BookStore(owns=lambda asset_id: route[asset_id] == worker_id)
         self._callbacks: dict[type, Callable[..., Any]] = {}
         if handler is not None:
             for event_type, name in _CALLBACKS.items():
@@ -240,4 +250,3 @@ class _Worker:
             applied_seq=self._applied_seq,
         )
         self._conn.send_bytes(self._encoder.encode(Progress(stats)))
-

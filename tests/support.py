@@ -44,8 +44,8 @@ class ReferenceBooks:
         kind = event.get("event_type", "book")
         if kind == "book":
             asset = str(event["asset_id"])
-            self.bids[asset] = {Decimal(l["price"]): Decimal(l["size"]) for l in event["bids"]}  # type: ignore[attr-defined]
-            self.asks[asset] = {Decimal(l["price"]): Decimal(l["size"]) for l in event["asks"]}  # type: ignore[attr-defined]
+            self.bids[asset] = {Decimal(level["price"]): Decimal(level["size"]) for level in event["bids"]}  # type: ignore[attr-defined]
+            self.asks[asset] = {Decimal(level["price"]): Decimal(level["size"]) for level in event["asks"]}  # type: ignore[attr-defined]
         elif kind == "price_change":
             if "price_changes" in event:
                 entries = event["price_changes"]

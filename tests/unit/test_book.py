@@ -4,11 +4,22 @@ from __future__ import annotations
 
 from decimal import Decimal
 
+import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from models import BookEvent, BookStore, Level, MessageError, OrderBook, PriceChange, decode_frame, format_units, parse_units
+from models import (
+    BookEvent,
+    BookStore,
+    Level,
+    MessageError,
+    OrderBook,
+    PriceChange,
+    decode_frame,
+    format_units,
+    parse_units,
+)
 from tests.support import ReferenceBooks, as_decimals, sequence_objects
 
 ASSET = "1"
@@ -27,14 +38,40 @@ def book_event(bids: list[tuple[str, str]], asks: list[tuple[str, str]], asset_i
 class TestUnits:
     @pytest.mark.parametrize(
         ("text", "units"),
-        [("0.5", 50_000_000), ("0.50", 50_000_000), (".48", 48_000_000), ("0", 0), ("0.0", 0), ("10500100", 1_050_010_000_000_000),
-         ("219.217767", 21_921_776_700), ("0.12345678", 12_345_678), ("1.500000000000", 150_000_000)],
+        [
+            ("0.5", 50_000_000),
+            ("0.50", 50_000_000),
+            (".48", 48_000_000),
+            ("0", 0),
+            ("0.0", 0),
+            ("10500100", 1_050_010_000_000_000),
+            ("219.217767", 21_921_776_700),
+            ("0.12345678", 12_345_678),
+            ("1.500000000000", 150_000_000),
+        ],
     )
     def test_parse_exact(self, text: str, units: int) -> None:
         """Decimal strings parse exactly; trailing zeros do not change the value."""
         assert parse_units(text) == units
 
-    @pytest.mark.parametrize("text", ["", ".", "-1", "+1", "1e-3", "0.123456789", "1_000", "NaN", " 1", "٣", "0x10", "1.2.3", "99999999999999999999"])
+    @pytest.mark.parametrize(
+        "text",
+        [
+            "",
+            ".",
+            "-1",
+            "+1",
+            "1e-3",
+            "0.123456789",
+            "1_000",
+            "NaN",
+            " 1",
+            "٣",
+            "0x10",
+            "1.2.3",
+            "99999999999999999999",
+        ],
+    )
     def test_parse_rejects(self, text: str) -> None:
         """Anything but a plain non-negative decimal with at most 8 significant decimals is rejected."""
         with pytest.raises(MessageError):
@@ -65,7 +102,7 @@ class TestOrderBook:
         assert book.bids() == [("0.15", "3")] and book.asks() == [] and book.best_ask() is None
 
     def test_size_zero_removes_and_equal_decimals_are_one_level(self) -> None:
-        """"0.5" and "0.50" name the same level; size "0" (or "0.00") removes it."""
+        """ "0.5" and "0.50" name the same level; size "0" (or "0.00") removes it."""
         book = OrderBook(ASSET)
         book.apply_snapshot(book_event([("0.5", "10")], []))
         book.apply_price_change("BUY", "0.50", "12.0")
@@ -94,7 +131,9 @@ class TestOrderBook:
     def test_memory_usage_is_small(self) -> None:
         """A book of 99 levels costs a few KB, far under 100 KB (the cap is 100 MB per 1000 books)."""
         book = OrderBook(ASSET)
-        book.apply_snapshot(book_event([(f"0.{i:02d}", "100") for i in range(1, 50)], [(f"0.{i:02d}", "1") for i in range(99, 49, -1)]))
+        book.apply_snapshot(
+            book_event([(f"0.{i:02d}", "100") for i in range(1, 50)], [(f"0.{i:02d}", "1") for i in range(99, 49, -1)])
+        )
         assert book.depth == (49, 50)
         assert 1_000 < book.memory_usage() < 4_000
 
@@ -107,7 +146,9 @@ class TestRecordedSequences:
             ("sequence_2025-10_price_change_v2.txt", (18, 17), [(18, 16), (18, 16)]),
         ],
     )
-    def test_sequence_reproduces_rest_books(self, name: str, start: tuple[int, int], after: list[tuple[int, int]]) -> None:
+    def test_sequence_reproduces_rest_books(
+        self, name: str, start: tuple[int, int], after: list[tuple[int, int]]
+    ) -> None:
         """After the recorded book and each price_change, the book equals the exchange's REST book, level for level."""
         book_frame, change_1, rest_1, change_2, rest_2 = sequence_objects(name)
         store = BookStore()
@@ -124,8 +165,12 @@ class TestRecordedSequences:
             assert isinstance(expected, BookEvent)
             book = store.books[asset_id]
             assert book.depth == depth
-            assert as_decimals(book.bids()) == as_decimals((l.price, l.size) for l in reversed(expected.bids))
-            assert as_decimals(book.asks()) == as_decimals((l.price, l.size) for l in reversed(expected.asks))
+            assert as_decimals(book.bids()) == as_decimals(
+                (level.price, level.size) for level in reversed(expected.bids)
+            )
+            assert as_decimals(book.asks()) == as_decimals(
+                (level.price, level.size) for level in reversed(expected.asks)
+            )
 
     def test_mirrored_token_is_skipped_and_counted(self) -> None:
         """The v2 entry for the market's other token (which we hold no book for) is skipped, and counted."""
@@ -159,7 +204,11 @@ class TestBookStore:
 
 
 levels = st.lists(
-    st.tuples(st.sampled_from(["BUY", "SELL"]), st.integers(1, 999), st.sampled_from(["0", "0.00", "1", "2.5", "100", "0.01", "33.333"])),
+    st.tuples(
+        st.sampled_from(["BUY", "SELL"]),
+        st.integers(1, 999),
+        st.sampled_from(["0", "0.00", "1", "2.5", "100", "0.01", "33.333"]),
+    ),
     max_size=60,
 )
 
@@ -169,11 +218,25 @@ levels = st.lists(
 def test_price_changes_match_decimal_reference(changes: list[tuple[str, int, str]]) -> None:
     """Any sequence of level changes leaves the book equal to a naive Decimal dict model."""
     reference = ReferenceBooks()
-    snapshot = b'{"event_type":"book","asset_id":"a","market":"m","bids":[{"price":"0.1","size":"1"}],"asks":[{"price":"0.9","size":"2"}]}'
-    frames = [snapshot] + [
-        f'{{"event_type":"price_change","asset_id":"a","market":"m","price":"{p / 1000:g}","side":"{side}","size":"{size}"}}'.encode()
+    snapshot = {
+        "event_type": "book",
+        "asset_id": "a",
+        "market": "m",
+        "bids": [{"price": "0.1", "size": "1"}],
+        "asks": [],
+    }
+    events = [snapshot] + [
+        {
+            "event_type": "price_change",
+            "asset_id": "a",
+            "market": "m",
+            "price": f"{p / 1000:g}",
+            "side": side,
+            "size": size,
+        }
         for side, p, size in changes
     ]
+    frames = [msgspec.json.encode(event) for event in events]
     reference.apply_frames(frames)
     store = BookStore()
     for frame in frames:

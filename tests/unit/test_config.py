@@ -17,7 +17,11 @@ class TestPoolConfig:
         assert config.worker_count == (os.cpu_count() or 4)
         assert (config.heartbeat_interval, config.shutdown_timeout, config.worker_startup_timeout) == (5.0, 10.0, 30.0)
         assert config.effective_heartbeat_timeout == 15.0
-        assert (config.memory_mb_per_1000_books, config.memory_threshold, config.memory_policy) == (100.0, 0.75, "recycle")
+        assert (config.memory_mb_per_1000_books, config.memory_threshold, config.memory_policy) == (
+            100.0,
+            0.75,
+            "recycle",
+        )
 
     @pytest.mark.parametrize(
         ("kwargs", "error", "message"),
@@ -35,7 +39,9 @@ class TestPoolConfig:
             ({"memory_policy": "panic"}, ValueError, "memory_policy must be one of"),
         ],
     )
-    def test_invalid_values_raise_at_construction(self, kwargs: dict[str, object], error: type[Exception], message: str) -> None:
+    def test_invalid_values_raise_at_construction(
+        self, kwargs: dict[str, object], error: type[Exception], message: str
+    ) -> None:
         """A bad value fails when the config is built, naming the field, the range and the value."""
         with pytest.raises(error, match=message):
             PoolConfig(**kwargs)  # type: ignore[arg-type]

@@ -31,7 +31,9 @@ def test_all_is_complete(name: str) -> None:
     public = {
         attribute
         for attribute, value in vars(package).items()
-        if not attribute.startswith("_") and not isinstance(value, types.ModuleType) and attribute not in ("annotations", "TYPE_CHECKING", "Any")
+        if not attribute.startswith("_")
+        and not isinstance(value, types.ModuleType)
+        and attribute not in ("annotations", "TYPE_CHECKING", "Any")
     }
     assert public <= set(package.__all__)
 

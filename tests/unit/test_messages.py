@@ -54,7 +54,11 @@ class TestRecordedFixtures:
         """The `changes` shape names one asset; the `price_changes` shape names one per entry."""
         v1 = decode_frame(sequence_objects("sequence_2024-12_price_change_v1_changes.txt")[1])[0]
         assert isinstance(v1, PriceChange)
-        assert [e[1:] for e in v1.entries()] == [("SELL", "0.54", "50"), ("SELL", "0.567", "0"), ("BUY", "0.52", "11013.19")]
+        assert [e[1:] for e in v1.entries()] == [
+            ("SELL", "0.54", "50"),
+            ("SELL", "0.567", "0"),
+            ("BUY", "0.52", "11013.19"),
+        ]
         v2 = decode_frame(sequence_objects("sequence_2025-10_price_change_v2.txt")[1])[0]
         assert isinstance(v2, PriceChange)
         assert len({asset for asset, *_ in v2.entries()}) == 2
@@ -62,8 +66,12 @@ class TestRecordedFixtures:
 
     def test_timestamp_number_and_string_agree(self) -> None:
         """A timestamp sent as a JSON number (Oct 2025) or a string (everything else) decodes to the same int."""
-        (as_number,) = decode_frame(b'{"event_type":"book","asset_id":"1","market":"m","bids":[],"asks":[],"timestamp":1761179883493}')
-        (as_string,) = decode_frame(b'{"event_type":"book","asset_id":"1","market":"m","bids":[],"asks":[],"timestamp":"1761179883493"}')
+        (as_number,) = decode_frame(
+            b'{"event_type":"book","asset_id":"1","market":"m","bids":[],"asks":[],"timestamp":1761179883493}'
+        )
+        (as_string,) = decode_frame(
+            b'{"event_type":"book","asset_id":"1","market":"m","bids":[],"asks":[],"timestamp":"1761179883493"}'
+        )
         assert isinstance(as_number, BookEvent) and isinstance(as_string, BookEvent)
         assert as_number.timestamp == as_string.timestamp == 1761179883493
 
@@ -98,7 +106,9 @@ class TestFrames:
 
     def test_extra_fields_are_tolerated(self) -> None:
         """A field the exchange adds later does not break decoding."""
-        (event,) = decode_frame(b'{"event_type":"last_trade_price","asset_id":"1","price":"0.5","side":"BUY","size":"1","transaction_hash":"0xab","new":{"x":[1]}}')
+        (event,) = decode_frame(
+            b'{"event_type":"last_trade_price","asset_id":"1","price":"0.5","side":"BUY","size":"1","transaction_hash":"0xab","new":{"x":[1]}}'
+        )
         assert isinstance(event, LastTradePrice)
 
 
@@ -109,11 +119,23 @@ MALFORMED = [
     pytest.param(b'{"foo": 1}', "no string `event_type`", id="no-type-not-a-book"),
     pytest.param(b'{"event_type": 7, "asset_id": "1"}', "no string `event_type`", id="type-not-string"),
     pytest.param(b'{"event_type":"book","asset_id":"1","bids":[],"asks":{}}', "invalid `book`", id="asks-not-array"),
-    pytest.param(b'{"event_type":"book","asset_id":"1","bids":[{"price":0.5,"size":"1"}],"asks":[]}', "Expected `str`, got `float`", id="price-as-number"),
-    pytest.param(b'{"event_type":"price_change","asset_id":"1","market":"m","price":"0.5","side":"HOLD","size":"1"}', "invalid `price_change`", id="bad-side"),
+    pytest.param(
+        b'{"event_type":"book","asset_id":"1","bids":[{"price":0.5,"size":"1"}],"asks":[]}',
+        "Expected `str`, got `float`",
+        id="price-as-number",
+    ),
+    pytest.param(
+        b'{"event_type":"price_change","asset_id":"1","market":"m","price":"0.5","side":"HOLD","size":"1"}',
+        "invalid `price_change`",
+        id="bad-side",
+    ),
     pytest.param(b'{"event_type":"price_change","market":"m"}', "needs an `asset_id`", id="price-change-no-shape"),
     pytest.param(b'{"event_type":"price_change","asset_id":"1","market":"m"}', "none of", id="price-change-no-levels"),
-    pytest.param(b'{"event_type":"last_trade_price","asset_id":"1","price":"0.5","side":"BUY","size":"1","timestamp":"soon"}', "invalid `last_trade_price`", id="timestamp-not-a-number"),
+    pytest.param(
+        b'{"event_type":"last_trade_price","asset_id":"1","price":"0.5","side":"BUY","size":"1","timestamp":"soon"}',
+        "invalid `last_trade_price`",
+        id="timestamp-not-a-number",
+    ),
     pytest.param(b'[{"event_type":"tick_size_change","asset_id":"1"}]', "event 0 of the frame", id="array-element"),
 ]
 

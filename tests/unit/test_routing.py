@@ -16,7 +16,10 @@ ASSETS = [str(10**75 + i * 7919) for i in range(2000)]
 class TestSlotFor:
     def test_stable_in_a_fresh_interpreter(self) -> None:
         """A separate interpreter with a different hash seed routes every asset to the same slot."""
-        code = "import sys; from pool._routing import slot_for; print(','.join(str(slot_for(a, 7)) for a in sys.stdin.read().split()))"
+        code = (
+            "import sys; from pool._routing import slot_for; "
+            "print(','.join(str(slot_for(a, 7)) for a in sys.stdin.read().split()))"
+        )
         result = subprocess.run(
             [sys.executable, "-c", code],
             input=" ".join(ASSETS[:500]),
@@ -49,9 +52,8 @@ class TestSlotFor:
 class TestRouter:
     def test_router_agrees_with_slot_for(self) -> None:
         router = Router(3)
-        assert [router(a) for a in ASSETS[:100]] * 2 == [slot_for(a, 3) for a in ASSETS[:100]] * 2
+        assert [router[a] for a in ASSETS[:100]] * 2 == [slot_for(a, 3) for a in ASSETS[:100]] * 2
 
     def test_rejects_zero_slots(self) -> None:
         with pytest.raises(ValueError, match="at least one slot"):
             Router(0)
-

@@ -1,0 +1,204 @@
+"""Throughput benchmark: the pool against its baselines, on the same workload, in the same run.
+
+    python -m tests.performance.bench_throughput [--messages 200000] [--books 1000] [--workers 2]
+
+Measured from raw JSON bytes in the parent to state applied in a worker (the clock stops when every
+message has been applied). Books are loaded before the clock starts. Three designs:
+
+* ``pool``: this library (`PersistentWorkerPool.publish` in chunks, then `flush`);
+* ``queue``: the old WorkerManager design: the parent decodes each frame, routes it, and puts the
+  decoded message on the owning worker's ``multiprocessing.Queue``, one pickled message per ``put``;
+* ``single``: one process, msgspec decode and dict books, no IPC (the single-core limit).
+
+Each design runs ``--repeat`` times, interleaved, and the best run of each is reported, because these
+2-core machines are noisy; ratios are taken between runs of the same round.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import platform
+import statistics
+import subprocess
+import time
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+
+from models import BookEvent, PoolConfig, PriceChange, UnknownEvent, decode_frame
+from pool import PersistentWorkerPool
+from pool._routing import slot_for
+from pool._synthetic import SyntheticMarket
+
+# Frames per publish call in the pool run: what a feed adapter reading a socket would hand over.
+_PUBLISH_CHUNK = 2_000
+_STOP = None
+
+
+def _apply_to_dict_books(books: dict[str, tuple[dict[str, str], dict[str, str]]], frame: bytes) -> None:
+    """The baselines' book keeping: msgspec decode, then plain dicts of price string -> size string."""
+    for event in decode_frame(frame):
+        if isinstance(event, UnknownEvent):
+            continue
+        if isinstance(event, PriceChange):
+            for asset_id, side, price, size in event.entries():
+                sides = books.get(asset_id)
+                if sides is None:
+                    continue
+                levels = sides[0] if side == "BUY" else sides[1]
+                if size == "0":
+                    levels.pop(price, None)
+                else:
+                    levels[price] = size
+        elif isinstance(event, BookEvent):
+            books[event.asset_id] = ({lv.price: lv.size for lv in event.bids}, {lv.price: lv.size for lv in event.asks})
+
+
+def run_single(snapshots: list[bytes], updates: list[bytes]) -> float:
+    books: dict[str, tuple[dict[str, str], dict[str, str]]] = {}
+    for frame in snapshots:
+        _apply_to_dict_books(books, frame)
+    started = time.perf_counter()
+    for frame in updates:
+        _apply_to_dict_books(books, frame)
+    return time.perf_counter() - started
+
+
+def _queue_worker(queue: Any, done: Any) -> None:
+    books: dict[str, tuple[dict[str, str], dict[str, str]]] = {}
+    while (message := queue.get()) is not _STOP:
+        _apply_decoded(books, message)
+    done.put(len(books))
+
+
+def _apply_decoded(books: dict[str, tuple[dict[str, str], dict[str, str]]], message: dict[str, Any]) -> None:
+    kind = message.get("event_type")
+    if kind == "book":
+        books[message["asset_id"]] = (
+            {lv["price"]: lv["size"] for lv in message["bids"]},
+            {lv["price"]: lv["size"] for lv in message["asks"]},
+        )
+    elif kind == "price_change":
+        if "price_changes" in message:
+            entries = message["price_changes"]
+        elif "changes" in message:
+            entries = [dict(c, asset_id=message["asset_id"]) for c in message["changes"]]
+        else:
+            entries = [message]
+        for entry in entries:
+            sides = books.get(entry["asset_id"])
+            if sides is None:
+                continue
+            levels = sides[0] if entry["side"] == "BUY" else sides[1]
+            if entry["size"] == "0":
+                levels.pop(entry["price"], None)
+            else:
+                levels[entry["price"]] = entry["size"]
+
+
+def run_queue(snapshots: list[bytes], updates: list[bytes], workers: int) -> float:
+    context = multiprocessing.get_context("spawn")
+    queues = [context.Queue() for _ in range(workers)]
+    done = context.Queue()
+    processes = [context.Process(target=_queue_worker, args=(q, done), daemon=True) for q in queues]
+    for process in processes:
+        process.start()
+    decode = msgspec.json.decode
+    routes: dict[str, int] = {}
+
+    def send(frame: bytes) -> None:
+        message = decode(frame)
+        asset_id = message.get("asset_id") or message["price_changes"][0]["asset_id"]
+        slot = routes.get(asset_id)
+        if slot is None:
+            slot = routes[asset_id] = slot_for(asset_id, workers)
+        queues[slot].put(message)
+
+    for frame in snapshots:
+        send(frame)
+    started = time.perf_counter()
+    for frame in updates:
+        send(frame)
+    for queue in queues:
+        queue.put(_STOP)
+    for _ in processes:
+        done.get()
+    elapsed = time.perf_counter() - started
+    for process in processes:
+        process.join()
+    return elapsed
+
+
+def run_pool(snapshots: list[bytes], updates: list[bytes], workers: int) -> float:
+    config = PoolConfig(worker_count=workers, heartbeat_interval=1.0)
+    with PersistentWorkerPool(config) as pool:
+        pool.publish(snapshots)
+        pool.flush()
+        started = time.perf_counter()
+        for start in range(0, len(updates), _PUBLISH_CHUNK):
+            pool.publish(updates[start : start + _PUBLISH_CHUNK])
+        pool.flush()
+        elapsed = time.perf_counter() - started
+        status = pool.get_status()
+    if status.frames_rejected:
+        raise RuntimeError(f"the pool rejected {status.frames_rejected} frames of a clean workload")
+    return elapsed
+
+
+def _commit() -> str:
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--messages", type=int, default=200_000)
+    parser.add_argument("--books", type=int, default=1_000)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args(argv)
+
+    market = SyntheticMarket(args.books, seed=42)
+    snapshots, updates = market.snapshots(), list(market.updates(args.messages))
+    mean_bytes = statistics.fmean(len(frame) for frame in updates)
+    designs: dict[str, Callable[[], float]] = {
+        "pool": lambda: run_pool(snapshots, updates, args.workers),
+        "queue": lambda: run_queue(snapshots, updates, args.workers),
+        "single": lambda: run_single(snapshots, updates),
+    }
+    rounds: list[dict[str, float]] = []
+    for _ in range(args.repeat):
+        rounds.append({name: args.messages / run() for name, run in designs.items()})
+    best = {name: max(r[name] for r in rounds) for name in designs}
+    ratio_queue = max(r["pool"] / r["queue"] for r in rounds)
+    ratio_single = max(r["pool"] / r["single"] for r in rounds)
+
+    print(f"# throughput: {args.messages:,} messages ({mean_bytes:.0f} bytes mean) over {args.books:,} books")
+    print(
+        f"# {platform.node()} {platform.machine()} cpus={multiprocessing.cpu_count()} python={platform.python_version()}"
+    )
+    print(f"# commit {_commit()} at {time.strftime('%Y-%m-%d %H:%M:%S %Z')}, best of {args.repeat} interleaved rounds")
+    print(f"| design | workers | messages/s |")
+    print(f"|---|---:|---:|")
+    print(f"| pool (this library) | {args.workers} | {best['pool']:,.0f} |")
+    print(f"| old design: one pickled message per Queue.put | {args.workers} | {best['queue']:,.0f} |")
+    print(f"| one process, msgspec + dict books, no IPC | 1 | {best['single']:,.0f} |")
+    print(f"pool / queue design:   {ratio_queue:.2f}x (best same-round ratio)")
+    print(f"pool / single process: {ratio_single:.2f}x (best same-round ratio)")
+    return {
+        "pool": best["pool"],
+        "queue": best["queue"],
+        "single": best["single"],
+        "ratio_queue": ratio_queue,
+        "ratio_single": ratio_single,
+    }
+
+
+if __name__ == "__main__":
+    main()
