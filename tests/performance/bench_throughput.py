@@ -180,12 +180,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     ratio_single = max(r["pool"] / r["single"] for r in rounds)
 
     print(f"# throughput: {args.messages:,} messages ({mean_bytes:.0f} bytes mean) over {args.books:,} books")
-    print(
-        f"# {platform.node()} {platform.machine()} cpus={multiprocessing.cpu_count()} python={platform.python_version()}"
-    )
+    machine = f"{platform.machine()} cpus={multiprocessing.cpu_count()} python={platform.python_version()}"
+    print(f"# {platform.node()} {machine}")
     print(f"# commit {_commit()} at {time.strftime('%Y-%m-%d %H:%M:%S %Z')}, best of {args.repeat} interleaved rounds")
-    print(f"| design | workers | messages/s |")
-    print(f"|---|---:|---:|")
+    print("| design | workers | messages/s |")
+    print("|---|---:|---:|")
     print(f"| pool (this library) | {args.workers} | {best['pool']:,.0f} |")
     print(f"| old design: one pickled message per Queue.put | {args.workers} | {best['queue']:,.0f} |")
     print(f"| one process, msgspec + dict books, no IPC | 1 | {best['single']:,.0f} |")
