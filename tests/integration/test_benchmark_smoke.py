@@ -1,0 +1,17 @@
+"""The throughput benchmark runs end to end (a tiny configuration; the figures come from the full run)."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.performance import bench_throughput
+
+
+@pytest.mark.timeout(120)
+def test_benchmark_runs_all_designs(capsys: pytest.CaptureFixture[str]) -> None:
+    """Every design processes the workload and the table and both ratios are printed."""
+    results = bench_throughput.main(["--messages", "3000", "--books", "50", "--repeat", "1"])
+    assert all(results[name] > 0 for name in ("pool", "queue", "single"))
+    assert results["ratio_queue"] == pytest.approx(results["pool"] / results["queue"])
+    printed = capsys.readouterr().out
+    assert "| pool (this library) | 2 |" in printed and "pool / queue design:" in printed
