@@ -106,7 +106,11 @@ class WorkerHandle:
         )
         self._process = process
         try:
-            await anyio.to_thread.run_sync(process.start)
+            # Started from the event-loop thread on purpose, although it blocks for a few ms: Linux sends the
+            # parent-death signal (PR_SET_PDEATHSIG, see _worker.py) when the *thread* that forked the child
+            # exits, so a child started from a pooled thread (anyio.to_thread) would be SIGKILLed whenever
+            # that thread is retired. The loop thread lives as long as the pool.
+            process.start()
         except BaseException:
             parent_sock.close()
             raise

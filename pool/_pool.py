@@ -188,7 +188,9 @@ class PersistentWorkerPool:
         # Shielded: a cancelled or failing block must still stop and reap every worker.
         with anyio.CancelScope(shield=True):
             await self._shutdown()
-        await self._exit_stack.__aexit__(exc_type, exc, tb)
+        # The serving task has finished, so the task group closes empty. The block's own exception is not
+        # handed to it: it propagates from here as itself, not wrapped in an ExceptionGroup.
+        await self._exit_stack.aclose()
 
     # ----------------------------------------------------------------------------------- public API
 

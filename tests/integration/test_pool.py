@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import functools
+import json
 import os
 import signal
+import subprocess
+import sys
+import threading
 import time
 from collections import Counter
 from pathlib import Path
 
 import anyio
 import msgspec
+import psutil
 import pytest
 import structlog
 
@@ -247,6 +252,16 @@ class TestAsync:
             await pool.publish(snapshots)
 
     @pytest.mark.anyio
+    async def test_exception_in_block_propagates_unwrapped(self, anyio_backend: str) -> None:
+        """An exception inside async with reaches the caller as itself, and every worker is reaped."""
+        with pytest.raises(ZeroDivisionError):
+            async with PersistentWorkerPool(config()) as pool:
+                pids = [w.pid for w in pool.get_status().workers.values()]
+                1 / 0  # noqa: B018
+        assert pool.state is PoolState.STOPPED
+        assert not any(_alive(pid) for pid in pids)
+
+    @pytest.mark.anyio
     async def test_cancelled_block_still_stops_workers(self, anyio_backend: str) -> None:
         """A cancel scope that fires inside async with still stops and reaps every worker."""
         with anyio.move_on_after(0.5):
@@ -314,6 +329,39 @@ class TestLifecycle:
             assert "accepted" in str(caught.value)
 
 
+class TestNoOrphans:
+    def test_workers_die_with_a_killed_parent(self) -> None:
+        """SIGKILL to the process that owns the pool: its workers exit within about a second."""
+        command = [sys.executable, "-m", "tests.integration.orphan_parent"]
+        with subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) as parent:
+            try:
+                assert parent.stdout is not None
+                pids = json.loads(parent.stdout.readline())
+                assert len(pids) == 2 and all(_alive(pid) for pid in pids)
+            finally:
+                parent.kill()
+                parent.wait(timeout=10)
+        wait_for(lambda: not any(_alive(pid) for pid in pids), timeout=2.0, what="orphaned workers to exit")
+
+    def test_workers_outlive_the_thread_that_started_the_pool(self) -> None:
+        """Workers die with their parent *thread* under PR_SET_PDEATHSIG; a pool entered from a short-lived
+        thread must still keep its workers once that thread has exited."""
+        pool = PersistentWorkerPool(config())
+        starter = threading.Thread(target=pool.__enter__)
+        starter.start()
+        starter.join(timeout=30)
+        try:
+            # The parent-death SIGKILL would have been sent when the thread exited, before join returned; a
+            # worker that still answers a round trip afterwards was not hit by it.
+            market = SyntheticMarket(20, seed=41)
+            pool.publish(market.snapshots())
+            assert all(pool.get_book(asset_id).bids for asset_id in market.asset_ids)
+            assert all(w.books > 0 for w in pool.get_status().workers.values())
+            assert pool.is_healthy()
+        finally:
+            pool.shutdown()
+
+
 class TestFailures:
     @pytest.mark.parametrize("start_method", ["spawn", "forkserver"])
     def test_killed_worker_fails_waiters_and_degrades_pool(self, start_method: str) -> None:
@@ -354,10 +402,10 @@ class TestFailures:
 
 
 def _alive(pid: int | None) -> bool:
+    """True while ``pid`` runs (a zombie, dead but not yet reaped by whoever adopted it, counts as dead)."""
     if pid is None:
         return False
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
         return False
-    return True
