@@ -406,6 +406,7 @@ def _alive(pid: int | None) -> bool:
     if pid is None:
         return False
     try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        status: str = psutil.Process(pid).status()
     except psutil.NoSuchProcess:
         return False
+    return status != psutil.STATUS_ZOMBIE
