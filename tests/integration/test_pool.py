@@ -406,7 +406,7 @@ def _alive(pid: int | None) -> bool:
     if pid is None:
         return False
     try:
-        status: str = psutil.Process(pid).status()
+        status = psutil.Process(pid).status()
     except psutil.NoSuchProcess:
         return False
-    return status != psutil.STATUS_ZOMBIE
+    return bool(status != psutil.STATUS_ZOMBIE)
