@@ -33,17 +33,11 @@ __all__ = [
     "WorkerStartupError",
 ]
 
-for _error in (
-    BrokenWorkerError,
-    PoolClosedError,
-    PoolError,
-    PoolTimeoutError,
-    UnknownAssetError,
-    WorkerError,
-    WorkerStartupError,
-):
-    _error.__module__ = __name__
-del _error
+for _name in __all__:
+    _value = globals().get(_name)  # PersistentWorkerPool is not loaded yet; __getattr__ sets its module
+    if isinstance(_value, type) and issubclass(_value, PoolError):
+        _value.__module__ = __name__
+del _name, _value
 
 
 def __getattr__(name: str) -> Any:
