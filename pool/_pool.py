@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import multiprocessing
 import pickle
+import threading
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
@@ -156,6 +157,7 @@ class PersistentWorkerPool:
         self._exit_stack: AsyncExitStack | None = None
         self._portal: BlockingPortal | None = None
         self._portal_cm: Any = None
+        self._portal_lock = threading.Lock()
         self._stop_requested: anyio.Event | None = None
         self._stopped: anyio.Event | None = None
 
@@ -212,8 +214,10 @@ class PersistentWorkerPool:
             timeout: the longest to wait for room when a worker has ``max_pending_messages`` frames not
                 yet applied; ``None`` waits as long as it takes.
 
-        A frame that is not JSON or names no routable asset is counted in ``frames_rejected``, logged and
-        skipped; it never reaches a worker and never stops the rest of ``data``.
+        A frame that is not JSON, or whose asset id is not a string, is counted in ``frames_rejected`` and
+        logged; a service text frame (``PONG``) or an event naming no asset is counted in
+        ``frames_unroutable``. Neither reaches a worker or stops the rest of ``data``; the workers count the
+        frames they reject themselves.
 
         Raises:
             PoolTimeoutError: ``timeout`` passed while waiting for room; frames before the one that waited
@@ -252,10 +256,9 @@ class PersistentWorkerPool:
         Idempotent; returns once every worker has been reaped. With ``wait=False`` (``with`` form only)
         the stop is requested and this returns at once.
         """
-        portal = self._portal
-        if portal is not None:
+        if self._portal is not None or self._portal_lock.locked():
             if not wait:
-                portal.start_task_soon(self._request_stop)
+                threading.Thread(target=self._stop_thread, name="pool-shutdown", daemon=True).start()
                 return None
             if _in_event_loop():
                 return anyio.to_thread.run_sync(self._stop_thread)
@@ -326,10 +329,11 @@ class PersistentWorkerPool:
         return portal.call(function, *args)
 
     def _lazy_start_then(self, function: Callable[..., Awaitable[T]], *args: Any) -> Any:
-        self._log.warning(
-            "pool_lazy_start",
-            hint="use `with PersistentWorkerPool(config) as pool:` (or `async with`) so shutdown is guaranteed",
-        )
+        if function != self._start_noop:  # an explicit start() is a choice, not an accident
+            self._log.warning(
+                "pool_lazy_start",
+                hint="use `with PersistentWorkerPool(config) as pool:` (or `async with`) so shutdown is guaranteed",
+            )
         if _in_event_loop():
 
             async def start_then_call() -> T:
@@ -354,13 +358,17 @@ class PersistentWorkerPool:
         self._portal, self._portal_cm = portal, portal_cm
 
     def _stop_thread(self) -> None:
-        portal, portal_cm = self._portal, self._portal_cm
-        assert portal is not None
-        try:
-            portal.call(self._shutdown)
-        finally:
-            self._portal = self._portal_cm = None
-            portal_cm.__exit__(None, None, None)
+        # The lock makes concurrent shutdowns (say, wait=False then wait=True) stop the portal once; the
+        # later caller waits here until the first has finished.
+        with self._portal_lock:
+            portal, portal_cm = self._portal, self._portal_cm
+            if portal is None:
+                return
+            try:
+                portal.call(self._shutdown)
+            finally:
+                self._portal = self._portal_cm = None
+                portal_cm.__exit__(None, None, None)
 
     async def _start_noop(self) -> None:
         self._check_running()  # by now started by the lazy path, or started before

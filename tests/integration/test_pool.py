@@ -308,6 +308,20 @@ class TestLifecycle:
         with pytest.raises(PoolClosedError, match="create a new"):
             pool.publish(market.snapshots())
 
+    def test_shutdown_without_waiting(self) -> None:
+        """shutdown(wait=False) returns at once; a later shutdown() waits for the same stop; no thread is left."""
+        pool = PersistentWorkerPool(config())
+        with structlog.testing.capture_logs() as logs:
+            pool.start()
+        assert not [entry for entry in logs if entry["event"] == "pool_lazy_start"]
+        pool.shutdown(wait=False)
+        pool.shutdown()
+        assert pool.state is PoolState.STOPPED
+        wait_for(
+            lambda: not any(t.name in ("persistent-worker-pool", "pool-shutdown") for t in threading.enumerate()),
+            what="the pool's threads to end",
+        )
+
     def test_a_pool_runs_once(self) -> None:
         pool = PersistentWorkerPool(config(worker_count=1))
         with pool:
