@@ -21,7 +21,19 @@ from ._messages import (
     UnknownEvent,
     decode_frame,
 )
-from ._status import BookView, MemoryStatus, PoolState, PoolStatus, Trade, WorkerState, WorkerStats, WorkerStatus
+from ._status import (
+    BookView,
+    ExitReason,
+    MemoryStatus,
+    PoolEvent,
+    PoolEventKind,
+    PoolState,
+    PoolStatus,
+    Trade,
+    WorkerState,
+    WorkerStats,
+    WorkerStatus,
+)
 
 __all__ = [
     "BookEvent",
@@ -29,12 +41,15 @@ __all__ = [
     "BookView",
     "Change",
     "Event",
+    "ExitReason",
     "LastTradePrice",
     "Level",
     "MemoryStatus",
     "MessageError",
     "OrderBook",
     "PoolConfig",
+    "PoolEvent",
+    "PoolEventKind",
     "PoolState",
     "PoolStatus",
     "PriceChange",

@@ -98,6 +98,7 @@ class OrderBook:
         "_bid_prices",
         "_bid_sizes",
         "asset_id",
+        "floor",
         "last_trade",
         "market",
         "tick_size",
@@ -110,6 +111,7 @@ class OrderBook:
         self.timestamp: int | None = None
         self.tick_size: str | None = None
         self.last_trade: Trade | None = None
+        self.floor: int | None = None  # updates older than a recovery snapshot are already inside it
         self._bid_prices = array("q")
         self._bid_sizes = array("q")
         self._ask_prices = array("q")
@@ -245,7 +247,9 @@ class BookStore:
 
     def __init__(self, owns: Callable[[str], bool] | None = None) -> None:
         self.books: dict[str, OrderBook] = {}
+        self.stale: set[str] = set()
         self.skipped = 0
+        self.superseded = 0
         self._owns = owns
 
     def __len__(self) -> int:
@@ -264,21 +268,17 @@ class BookStore:
                 if not self._mine(event.asset_id):
                     return []
                 book = self.books.get(event.asset_id)
-                if book is None:
-                    book = OrderBook(event.asset_id, event.market)
-                    book.apply_snapshot(event)  # validate before the book is visible
-                    self.books[event.asset_id] = book
-                else:
-                    book.apply_snapshot(event)
-                return [book]
+                if book is not None and not self._current(book, event.timestamp):
+                    return []
+                return [self._replace(event, floor=None)]
             case LastTradePrice():
-                book = self._book_for(event.asset_id)
+                book = self._book_for(event.asset_id, event.timestamp)
                 if book is not None:
                     book.apply_trade(event)
                     return [book]
                 return []
             case TickSizeChange():
-                book = self._book_for(event.asset_id)
+                book = self._book_for(event.asset_id, event.timestamp)
                 if book is not None:
                     book.apply_tick_size_change(event)
                     return [book]
@@ -297,7 +297,7 @@ class BookStore:
             and event.price_changes is None
         ):
             # The one-level shape, most of the traffic: no lists, and nothing to roll back.
-            book = self._book_for(event.asset_id)
+            book = self._book_for(event.asset_id, event.timestamp)
             if book is None:
                 return []
             book.set_level(side, _parse_price(price), parse_units(size), event.timestamp)
@@ -305,7 +305,7 @@ class BookStore:
         # Parse everything first, so that a bad entry rejects the message without a half-applied book.
         updates: list[tuple[OrderBook, Side, int, int]] = []
         for asset_id, side, price, size in event.entries():
-            book = self._book_for(asset_id)
+            book = self._book_for(asset_id, event.timestamp)
             if book is not None:
                 updates.append((book, side, _parse_price(price), parse_units(size)))
         changed: list[OrderBook] = []
@@ -318,11 +318,48 @@ class BookStore:
     def _mine(self, asset_id: str) -> bool:
         return self._owns is None or self._owns(asset_id)
 
-    def _book_for(self, asset_id: str) -> OrderBook | None:
+    def _book_for(self, asset_id: str, timestamp: int | None) -> OrderBook | None:
+        """The book an update applies to, or ``None`` (not ours, no book yet, or older than its rebuild)."""
         book = self.books.get(asset_id)
-        if book is None and self._mine(asset_id):
-            self.skipped += 1
+        if book is None:
+            if self._mine(asset_id):
+                self.skipped += 1
+            return None
+        return book if self._current(book, timestamp) else None
+
+    def _current(self, book: OrderBook, timestamp: int | None) -> bool:
+        floor = book.floor
+        if floor is None or timestamp is None or timestamp >= floor:
+            return True
+        self.superseded += 1
+        return False
+
+    def _replace(self, event: BookEvent, floor: int | None) -> OrderBook:
+        book = self.books.get(event.asset_id)
+        if book is None:
+            book = OrderBook(event.asset_id, event.market)
+            book.apply_snapshot(event)  # validate before the book is visible
+            self.books[event.asset_id] = book
+        else:
+            book.apply_snapshot(event)
+        book.floor = floor
+        self.stale.discard(event.asset_id)
         return book
+
+    def rebuild(self, event: BookEvent) -> OrderBook:
+        """Install a recovery snapshot: replace the book and ignore later-replayed updates older than it.
+
+        The pool replays the frames a dead worker had not applied after the snapshot; those whose timestamp
+        is earlier than the snapshot's are already inside it and are skipped (counted in `superseded`).
+        Updates carry absolute sizes, so one replayed at the snapshot's own timestamp is harmless.
+        """
+        return self._replace(event, floor=event.timestamp)
+
+    def mark_stale(self, asset_ids: list[str]) -> None:
+        """Note assets whose books could not be rebuilt: no book until a `book` event arrives for each."""
+        for asset_id in asset_ids:
+            self.books.pop(asset_id, None)
+            self.stale.add(asset_id)
 
     def memory_usage(self) -> int:
         """Sum of `OrderBook.memory_usage` over the store."""

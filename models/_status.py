@@ -8,7 +8,19 @@ import enum
 
 import msgspec
 
-__all__ = ["BookView", "MemoryStatus", "PoolState", "PoolStatus", "Trade", "WorkerState", "WorkerStats", "WorkerStatus"]
+__all__ = [
+    "BookView",
+    "ExitReason",
+    "MemoryStatus",
+    "PoolEvent",
+    "PoolEventKind",
+    "PoolState",
+    "PoolStatus",
+    "Trade",
+    "WorkerState",
+    "WorkerStats",
+    "WorkerStatus",
+]
 
 
 class PoolState(enum.StrEnum):
@@ -31,6 +43,45 @@ class WorkerState(enum.StrEnum):
     STOPPING = "stopping"  # asked to stop, draining
     STOPPED = "stopped"  # exited on request
     FAILED = "failed"  # exited without being asked (or could not be restarted)
+
+
+class ExitReason(enum.StrEnum):
+    """Why a worker process ended. Only ``crash``, ``killed`` and ``hang`` spend the restart budget."""
+
+    CRASH = "crash"  # it exited by itself: a non-zero exit code or a signal other than our SIGKILL
+    KILLED = "killed"  # SIGKILL that the pool did not send: perhaps the kernel's out-of-memory killer
+    HANG = "hang"  # silent for heartbeat_timeout; the pool killed it
+    MEMORY = "memory"  # recycled by the memory monitor
+    OPERATOR = "operator"  # restarted on request (restart_worker)
+    SHUTDOWN = "shutdown"  # stopped with the pool
+
+
+class PoolEventKind(enum.StrEnum):
+    """What a `PoolEvent` reports."""
+
+    WORKER_STARTED = "worker_started"
+    WORKER_EXITED = "worker_exited"
+    WORKER_HUNG = "worker_hung"
+    WORKER_RESTARTED = "worker_restarted"
+    WORKER_FAILED = "worker_failed"
+    WORKER_RECOVERED = "worker_recovered"
+    BOOK_STALE = "book_stale"
+    BOOK_LIVE = "book_live"
+
+
+class PoolEvent(msgspec.Struct, frozen=True, kw_only=True):
+    """A lifecycle event, as passed to the pool's listeners and logged under the same name.
+
+    ``asset_ids`` is set for book events; ``reason`` and ``exit_code`` for exits; ``detail`` explains.
+    """
+
+    kind: PoolEventKind
+    worker_id: int
+    pid: int | None = None
+    reason: ExitReason | None = None
+    exit_code: int | None = None
+    asset_ids: list[str] | None = None
+    detail: str = ""
 
 
 class Trade(msgspec.Struct, frozen=True, kw_only=True):
@@ -57,6 +108,13 @@ class BookView(msgspec.Struct, frozen=True, kw_only=True):
     tick_size: str | None
     last_trade: Trade | None
     stale: bool = False
+
+    @classmethod
+    def stale_placeholder(cls, asset_id: str) -> "BookView":
+        """The view of a book that is being rebuilt: no levels, ``stale=True``. Never mistaken for live."""
+        return cls(
+            asset_id=asset_id, market="", bids=[], asks=[], timestamp=None, tick_size=None, last_trade=None, stale=True
+        )
 
     @property
     def best_bid(self) -> tuple[str, str] | None:
@@ -93,6 +151,7 @@ class WorkerStats(msgspec.Struct, frozen=True, kw_only=True):
     handler_errors: int = 0
     unknown_events: int = 0
     skipped_updates: int = 0
+    stale_books: int = 0
     applied_seq: int = 0
 
     @property
@@ -116,7 +175,10 @@ class WorkerStatus(msgspec.Struct, frozen=True, kw_only=True):
     memory_bytes: int
     last_heartbeat_age: float | None
     restarts: int
+    stale_books: int = 0
     exit_code: int | None = None
+    last_exit_reason: ExitReason | None = None
+    last_restart_at: float | None = None
 
 
 class MemoryStatus(msgspec.Struct, frozen=True, kw_only=True):
@@ -150,3 +212,4 @@ class PoolStatus(msgspec.Struct, frozen=True, kw_only=True):
     frames_rejected: int
     frames_unroutable: int
     total_books: int
+    restarts: int

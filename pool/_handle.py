@@ -1,11 +1,17 @@
-"""The parent's end of one worker slot: the process, its channel, and what is in flight to it.
+"""The parent's end of one worker slot: its current process, its channel, and what is in flight to it.
 
-Three tasks serve each worker, all in the pool's task group:
+A slot outlives its processes. What was published to it lives in the slot: the queue of frames and
+queries not yet sent, and the *in-flight* list of messages sent to the current process and not yet
+acknowledged. When the process dies, the in-flight messages go back to the front of the queue, so the
+replacement receives them again in the same order; nothing published is lost with a process.
 
-* the writer sends queued frames in batches (and queries, and `Stop`) in exactly the order they were
-  queued, so a query sees every frame published before it;
-* the reader takes acknowledgements, heartbeats and replies and wakes whoever waits on them;
-* the watcher waits on the process sentinel, so an exit of any kind is seen at once, not on a poll.
+Three tasks serve each process (an *incarnation*), in a task group of its own:
+
+* the writer moves messages from the queue to the in-flight list and sends them, in order, so a query
+  sees every frame published before it;
+* the reader takes acknowledgements, heartbeats and replies, and trims the in-flight list;
+* the watcher waits on the process sentinel, so an exit of any kind is seen at once, not on a poll. It
+  classifies the exit, requeues what was in flight, and ends the incarnation.
 """
 
 from __future__ import annotations
@@ -14,17 +20,19 @@ import signal
 import socket
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.context import BaseContext
 from multiprocessing.process import BaseProcess
 from typing import Any, cast
 
 import anyio
+import anyio.abc
 import msgspec
 from anyio.abc import SocketStream
 from anyio.streams.buffered import BufferedByteReceiveStream
 
-from models import BookView, PoolConfig, WorkerState, WorkerStats
+from models import BookView, ExitReason, PoolConfig, PoolEvent, PoolEventKind, WorkerState, WorkerStats
 
 from ._exceptions import BrokenWorkerError, RemoteTraceback, WorkerStartupError
 from ._protocol import (
@@ -36,6 +44,7 @@ from ._protocol import (
     GetBook,
     Progress,
     Ready,
+    Rebuild,
     Stop,
     ToWorker,
     frame_header,
@@ -53,9 +62,19 @@ _MAX_BATCH_FRAMES = 1024
 
 @dataclass(eq=False)
 class _Reply:
+    asset_id: str
     done: anyio.Event = field(default_factory=anyio.Event)
     answered: bool = False
     book: BookView | None = None
+
+
+@dataclass(eq=False)
+class _Sent:
+    """A message sent to the current process: done once ``end_seq`` frames are applied (a Batch) or once
+    its reply has arrived (a GetBook)."""
+
+    message: ToWorker
+    end_seq: int = 0
 
 
 class WorkerHandle:
@@ -65,38 +84,53 @@ class WorkerHandle:
     # already ignored a graceful Stop for the whole shutdown_timeout.
     TERMINATE_GRACE = 0.5
 
-    def __init__(self, worker_id: int, config: PoolConfig, log: Any) -> None:
+    def __init__(self, worker_id: int, config: PoolConfig, log: Any, emit: Callable[[PoolEvent], None]) -> None:
         self.worker_id = worker_id
         self.state = WorkerState.STARTING
-        self.pid: int | None = None
-        self.stats: WorkerStats | None = None
-        self.published = 0  # frames queued for this worker, ever
-        self.applied = 0  # frames the worker reports applied
-        self.last_heard = time.monotonic()
-        self.restarts = 0
-        self.exit_code: int | None = None
-        self.exited = anyio.Event()
         self._config = config
-        self._log = log.bind(worker_id=worker_id)
-        self._process: BaseProcess | None = None
-        self._stream: SocketStream | None = None
-        self._receiver: BufferedByteReceiveStream | None = None
+        self._base_log = log.bind(worker_id=worker_id)
+        self._log = self._base_log
+        self._emit = emit
         self._encoder = msgspec.msgpack.Encoder()
         self._decoder: msgspec.msgpack.Decoder[FromWorker] = msgspec.msgpack.Decoder(FromWorker)
+        # The slot: survives restarts.
+        self.published = 0  # frames queued for this slot, ever
+        self.seq_base = 0  # frames finished by earlier processes, or dropped while recovering
         self.frames: list[bytes] = []  # queued, not yet handed to the writer; appended to by publish
-        self._queue: deque[tuple[list[bytes], ToWorker]] = deque()
+        self._queue: deque[tuple[list[bytes], ToWorker | None]] = deque()
+        self._inflight: deque[_Sent] = deque()
+        self.assets: set[str] = set()  # assets a `book` snapshot was routed here for
+        self.stale: set[str] = set()  # of those, the ones known to be waiting for a snapshot
+        self.refetch = False  # set when frames were dropped during a snapshot fetch: fetch again
+        self.restarts = 0
+        self.abnormal_exits: deque[float] = deque()  # monotonic times, pruned to restart_window
+        self.last_exit_reason: ExitReason | None = None
+        self.last_restart_at: float | None = None  # wall-clock time
+        self.exit_code: int | None = None
+        self.broken: BrokenWorkerError | None = None  # set once the slot is given up (failed or stopped)
         self._wake = anyio.Event()
         self._progress = anyio.Event()
         self._replies: dict[int, _Reply] = {}
         self._next_request = 0
-        self.broken: BrokenWorkerError | None = None  # set when the process has exited
+        # The current process.
+        self.pid: int | None = None
+        self.stats: WorkerStats | None = None
+        self.last_heard = time.monotonic()
+        self.exited = anyio.Event()
+        self._acked = 0  # frames the current process has applied
+        self._sent_seq = 0  # frames sent to the current process
+        self._kill_reason: ExitReason | None = None
+        self._process: BaseProcess | None = None
+        self._stream: SocketStream | None = None
+        self._receiver: BufferedByteReceiveStream | None = None
+        self._scope: anyio.CancelScope | None = None
 
-    # ----------------------------------------------------------------------------------- start and stop
+    # ----------------------------------------------------------------------------------- process life
 
     async def spawn(
         self, context: BaseContext, worker_count: int, handler_factory: HandlerFactory | str | None
     ) -> None:
-        """Start the process (it then boots on its own; `handshake` waits for it)."""
+        """Start a new process for this slot (it then boots on its own; `handshake` waits for it)."""
         parent_sock, child_sock = socket.socketpair()
         process = context.Process(  # type: ignore[attr-defined]
             target=worker_main,
@@ -105,6 +139,9 @@ class WorkerHandle:
             daemon=True,  # multiprocessing's atexit hook terminates it if the owner forgets to shut down
         )
         self._process = process
+        self.exited = anyio.Event()
+        self._kill_reason = None
+        self.stats = None
         try:
             # Started from the event-loop thread on purpose, although it blocks for a few ms: Linux sends the
             # parent-death signal (PR_SET_PDEATHSIG, see _worker.py) when the *thread* that forked the child
@@ -117,7 +154,7 @@ class WorkerHandle:
         finally:
             child_sock.close()  # the child has its own copy; ours would hide the child's exit from the reader
         self.pid = process.pid
-        self._log = self._log.bind(pid=self.pid)
+        self._log = self._base_log.bind(pid=self.pid)
         self._stream = await SocketStream.from_socket(parent_sock)
         self._receiver = BufferedByteReceiveStream(self._stream)
 
@@ -128,54 +165,61 @@ class WorkerHandle:
             WorkerStartupError: the worker exited, reported an error, or stayed silent for
                 ``worker_startup_timeout``; the process is killed and reaped before this is raised.
         """
-        process = self._process
-        assert process is not None
         try:
             with anyio.fail_after(self._config.worker_startup_timeout):
                 message = await self._receive()
         except TimeoutError:
             await self.kill()
-            raise WorkerStartupError(
-                f"worker {self.worker_id} (pid {self.pid}) sent no ready handshake within "
-                f"{self._config.worker_startup_timeout:g} s (worker_startup_timeout); it was killed",
-                worker_id=self.worker_id,
-                pid=self.pid,
+            raise self._startup_error(
+                f"sent no ready handshake within {self._config.worker_startup_timeout:g} s "
+                "(worker_startup_timeout); it was killed"
             ) from None
         except (anyio.EndOfStream, anyio.IncompleteRead, anyio.BrokenResourceError):
             await self.kill()
-            raise WorkerStartupError(
-                f"worker {self.worker_id} (pid {self.pid}) exited during start-up ({describe_exit(self.exit_code)})",
-                worker_id=self.worker_id,
-                pid=self.pid,
-            ) from None
+            raise self._startup_error(f"exited during start-up ({describe_exit(self.exit_code)})") from None
         if isinstance(message, Fatal):
             await self.kill()
-            raise WorkerStartupError(
-                f"worker {self.worker_id} (pid {self.pid}) failed to build its handler (its traceback is the cause)",
-                worker_id=self.worker_id,
-                pid=self.pid,
-            ) from RemoteTraceback(message.error)
-        self.state = WorkerState.RUNNING
+            raise self._startup_error("failed to build its handler (its traceback is the cause)") from RemoteTraceback(
+                message.error
+            )
         self.last_heard = time.monotonic()
-        self._log.info("worker_started")
+        self._emit(PoolEvent(kind=PoolEventKind.WORKER_STARTED, worker_id=self.worker_id, pid=self.pid))
+
+    def _startup_error(self, what: str) -> WorkerStartupError:
+        return WorkerStartupError(
+            f"worker {self.worker_id} (pid {self.pid}) {what}", worker_id=self.worker_id, pid=self.pid
+        )
 
     def serve(self, task_group: anyio.abc.TaskGroup) -> None:
-        """Start the writer, reader and watcher tasks of a started worker."""
-        task_group.start_soon(self._write_loop, name=f"pool-writer-{self.worker_id}")
-        task_group.start_soon(self._read_loop, name=f"pool-reader-{self.worker_id}")
-        task_group.start_soon(self._watch, name=f"pool-watcher-{self.worker_id}")
+        """Run the current process's writer, reader and watcher until it exits."""
+        self.state = WorkerState.RUNNING
+        task_group.start_soon(self._serve_incarnation, name=f"pool-worker-{self.worker_id}")
+
+    async def _serve_incarnation(self) -> None:
+        async with anyio.create_task_group() as tasks:
+            self._scope = tasks.cancel_scope
+            tasks.start_soon(self._write_loop)
+            tasks.start_soon(self._read_loop)
+            tasks.start_soon(self._watch)
 
     def request_stop(self) -> None:
         """Queue `Stop` behind everything already queued; the worker drains, reports and exits 0."""
-        if self.state in (WorkerState.RUNNING, WorkerState.STARTING):
+        if self.state in (WorkerState.RUNNING, WorkerState.STARTING, WorkerState.RECOVERING):
             self.state = WorkerState.STOPPING
-            self._enqueue_control(Stop())
+            self.enqueue_control(Stop())
+
+    def kill_for(self, reason: ExitReason) -> None:
+        """SIGKILL the current process; the watcher records the exit with ``reason`` (hang, operator...)."""
+        if self._process is not None and self._process.exitcode is None:
+            self._kill_reason = reason
+            self._process.kill()
 
     def terminate(self) -> None:
         """Send SIGTERM (the pool sends SIGKILL after `TERMINATE_GRACE` if the worker ignores it)."""
         process = self._process
         if process is not None and process.exitcode is None:
             self._log.warning("worker_terminating")
+            self._kill_reason = ExitReason.SHUTDOWN
             process.terminate()
 
     async def kill(self) -> None:
@@ -184,6 +228,7 @@ class WorkerHandle:
         if process is None:
             return
         if process.exitcode is None:
+            self._kill_reason = self._kill_reason or ExitReason.SHUTDOWN
             process.kill()
             await anyio.to_thread.run_sync(process.join)
         self.exit_code = process.exitcode
@@ -194,6 +239,27 @@ class WorkerHandle:
             await self._stream.aclose()
         if self._process is not None and self._process.exitcode is not None:
             self._process.close()
+            self._process = None
+
+    async def abandon(self) -> None:
+        """Stop a slot that is between processes (shutdown during a recovery): kill any replacement."""
+        await self.kill()
+        self.state = WorkerState.STOPPED
+        self.last_exit_reason = ExitReason.SHUTDOWN
+        self.fail(
+            BrokenWorkerError(
+                f"worker {self.worker_id} was stopped while recovering", worker_id=self.worker_id, pid=self.pid
+            )
+        )
+        self.exited.set()
+
+    def fail(self, error: BrokenWorkerError) -> None:
+        """Give the slot up: every call waiting on it, now or later, raises ``error``."""
+        self.broken = error
+        self._notify_progress()
+        for reply in self._replies.values():
+            reply.done.set()
+        self._replies.clear()
 
     # ------------------------------------------------------------------------------------ the channel
 
@@ -203,15 +269,20 @@ class WorkerHandle:
             self._wake.set()
 
     @property
+    def applied(self) -> int:
+        """Frames of this slot that are applied (or were dropped while recovering)."""
+        return self.seq_base + self._acked
+
+    @property
     def pending(self) -> int:
         """Frames queued or in flight that the worker has not yet applied."""
         return self.published - self.applied
 
     async def wait_applied(self, target: int) -> None:
-        """Return once the worker has applied ``target`` frames.
+        """Return once ``target`` frames of this slot are applied; waits through a restart.
 
         Raises:
-            BrokenWorkerError: the worker exited first.
+            BrokenWorkerError: the slot was given up first.
         """
         while self.applied < target:
             if self.broken is not None:
@@ -222,12 +293,12 @@ class WorkerHandle:
         """Ask the worker for one book, behind every frame queued before this call.
 
         Raises:
-            BrokenWorkerError: the worker exited before it answered.
+            BrokenWorkerError: the slot was given up before it answered.
         """
         self.check_alive()
         self._next_request += 1
-        reply = self._replies[self._next_request] = _Reply()
-        self._enqueue_control(GetBook(self._next_request, asset_id))
+        reply = self._replies[self._next_request] = _Reply(asset_id)
+        self.enqueue_control(GetBook(self._next_request, asset_id))
         await reply.done.wait()
         if not reply.answered:
             assert self.broken is not None
@@ -235,16 +306,41 @@ class WorkerHandle:
         return reply.book
 
     def check_alive(self) -> None:
-        """Raise the worker's `BrokenWorkerError` if it has exited."""
+        """Raise the slot's `BrokenWorkerError` if it has been given up."""
         if self.broken is not None:
             raise self.broken
 
-    def _enqueue_control(self, message: ToWorker) -> None:
+    def enqueue_control(self, message: ToWorker) -> None:
+        """Queue a control message behind every frame queued so far."""
         self._queue.append((self.frames, message))
         self.frames = []
         self.wake()
 
+    def enqueue_first(self, message: Rebuild) -> None:
+        """Put a rebuild ahead of everything queued (the frames it must precede are all behind it).
+
+        A rebuild still queued from an earlier recovery is dropped: it is older than this one.
+        """
+        self._queue = deque(item for item in self._queue if not isinstance(item[1], Rebuild))
+        self._queue.appendleft(([], message))
+        self.wake()
+
+    def drop_buffered(self) -> int:
+        """Drop every queued frame (queries stay); the caller re-snapshots the slot's books instead.
+
+        Only while recovering: the replacement has received none of them, and a fresh snapshot covers them.
+        Returns how many were dropped; they count as done for `flush`.
+        """
+        dropped = len(self.frames) + sum(len(frames) for frames, _ in self._queue)
+        self._queue = deque(([], control) for _, control in self._queue if control is not None)
+        self.frames = []
+        self.seq_base += dropped
+        self._notify_progress()
+        return dropped
+
     async def _write_loop(self) -> None:
+        stream = self._stream
+        assert stream is not None
         try:
             while True:
                 await self._wake.wait()
@@ -256,19 +352,22 @@ class WorkerHandle:
                         frames, control = self.frames, None
                         self.frames = []
                     for start in range(0, len(frames), _MAX_BATCH_FRAMES):
-                        await self._send(Batch(frames[start : start + _MAX_BATCH_FRAMES]))
+                        chunk = frames[start : start + _MAX_BATCH_FRAMES]
+                        self._sent_seq += len(chunk)
+                        # In flight before it is sent: if the send is cut short, the watcher requeues it.
+                        await self._send(stream, _Sent(Batch(chunk), self._sent_seq))
                     if control is not None:
-                        await self._send(control)
+                        await self._send(stream, _Sent(control))
         except (anyio.BrokenResourceError, anyio.ClosedResourceError):
             return  # the worker is gone; the watcher reports it
 
-    async def _send(self, message: ToWorker) -> None:
-        assert self._stream is not None
+    async def _send(self, stream: SocketStream, sent: _Sent) -> None:
+        self._inflight.append(sent)
         buffer = bytearray(HEADER_SIZE)
-        self._encoder.encode_into(message, buffer, HEADER_SIZE)
+        self._encoder.encode_into(sent.message, buffer, HEADER_SIZE)
         buffer[:HEADER_SIZE] = frame_header(len(buffer) - HEADER_SIZE)
         # Both backends accept any bytes-like object; the cast saves a copy of a batch of ~400 KB.
-        await self._stream.send(cast(bytes, buffer))
+        await stream.send(cast(bytes, buffer))
 
     async def _receive(self) -> FromWorker:
         assert self._receiver is not None
@@ -283,7 +382,8 @@ class WorkerHandle:
                 match message:
                     case Progress(stats):
                         self.stats = stats
-                        self.applied = stats.applied_seq
+                        self._acked = stats.applied_seq
+                        self._trim_inflight()
                         self._notify_progress()
                     case BookReply(request_id, book):
                         reply = self._replies.pop(request_id, None)
@@ -291,10 +391,22 @@ class WorkerHandle:
                             reply.book = book
                             reply.answered = True
                             reply.done.set()
+                        self._trim_inflight()
                     case Ready() | Fatal():
                         self._log.warning("worker_unexpected_message", message=type(message).__name__)
         except (anyio.EndOfStream, anyio.IncompleteRead, anyio.BrokenResourceError, anyio.ClosedResourceError):
             return  # the worker is gone; the watcher reports it
+
+    def _trim_inflight(self) -> None:
+        inflight = self._inflight
+        while inflight:
+            head = inflight[0]
+            if isinstance(head.message, GetBook):
+                if head.message.request_id in self._replies:
+                    return
+            elif isinstance(head.message, Batch) and head.end_seq > self._acked:
+                return
+            inflight.popleft()
 
     def _notify_progress(self) -> None:
         event, self._progress = self._progress, anyio.Event()
@@ -306,26 +418,76 @@ class WorkerHandle:
         await anyio.wait_readable(process.sentinel)
         await anyio.to_thread.run_sync(process.join)
         self.exit_code = process.exitcode
-        expected = self.state is WorkerState.STOPPING
-        self.state = WorkerState.STOPPED if expected else WorkerState.FAILED
-        how = describe_exit(self.exit_code)
-        if expected:
-            self._log.info("worker_stopped", exit_code=self.exit_code)
+        stopping = self.state is WorkerState.STOPPING
+        reason = ExitReason.SHUTDOWN if stopping else self._classify(self.exit_code)
+        self.last_exit_reason = reason
+        self._requeue_inflight()
+        if stopping:
+            self.state = WorkerState.STOPPED
+            self.fail(
+                BrokenWorkerError(
+                    f"worker {self.worker_id} (pid {self.pid}) was stopped with the pool",
+                    worker_id=self.worker_id,
+                    pid=self.pid,
+                )
+            )
         else:
-            self._log.error("worker_exited", exit_code=self.exit_code, reason=how)
-        self.broken = BrokenWorkerError(
-            f"worker {self.worker_id} (pid {self.pid}) exited ({how}) with {self.pending} frames not applied",
-            worker_id=self.worker_id,
-            pid=self.pid,
+            self.state = WorkerState.RECOVERING  # the supervisor restarts it or gives the slot up
+        self._emit(
+            PoolEvent(
+                kind=PoolEventKind.WORKER_EXITED,
+                worker_id=self.worker_id,
+                pid=self.pid,
+                reason=reason,
+                exit_code=self.exit_code,
+                detail=_explain(reason, self.exit_code),
+            )
         )
-        self._notify_progress()
-        for reply in self._replies.values():
-            reply.done.set()
-        self._replies.clear()
+        with anyio.CancelScope(shield=True):
+            assert self._stream is not None
+            await self._stream.aclose()
         self.exited.set()
+        assert self._scope is not None
+        self._scope.cancel()  # ends this incarnation's writer and reader
+
+    def _classify(self, exit_code: int | None) -> ExitReason:
+        if self._kill_reason is not None:
+            return self._kill_reason
+        if exit_code == -signal.SIGKILL:
+            return ExitReason.KILLED
+        return ExitReason.CRASH
+
+    def _requeue_inflight(self) -> None:
+        """Move what the dead process had not finished back to the front of the queue, in order."""
+        self.seq_base += self._acked
+        self._acked = self._sent_seq = 0
+        items: list[tuple[list[bytes], ToWorker | None]] = []
+        for sent in self._inflight:
+            match sent.message:
+                case Batch(frames):
+                    if items and items[-1][1] is None:
+                        items[-1][0].extend(frames)
+                    else:
+                        items.append((list(frames), None))
+                case GetBook():
+                    items.append(([], sent.message))
+                case _:
+                    pass  # a Rebuild: the next recovery fetches a fresh one; an old one would undo newer frames
+        self._inflight.clear()
+        self._queue.extendleft(reversed(items))
+
+
+def _explain(reason: ExitReason, exit_code: int | None) -> str:
+    how = describe_exit(exit_code)
+    if reason is ExitReason.KILLED:
+        return f"{how}, which the pool did not send: perhaps out of memory (check the kernel log)"
+    if reason is ExitReason.HANG:
+        return f"{how} after missing heartbeats (hung)"
+    return how
 
 
 def describe_exit(exit_code: int | None) -> str:
+    """``exit code 3`` or ``killed by SIGKILL`` (or ``still running``)."""
     if exit_code is None:
         return "still running"
     if exit_code < 0:

@@ -41,8 +41,9 @@ import pickle
 import threading
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from contextlib import AsyncExitStack
+from multiprocessing.context import BaseContext
 from types import TracebackType
 from typing import Any, Self, TypeAlias, TypeVar
 
@@ -55,9 +56,12 @@ from anyio.from_thread import BlockingPortal, start_blocking_portal
 from models import (
     BookView,
     Event,
+    ExitReason,
     MemoryStatus,
     MessageError,
     PoolConfig,
+    PoolEvent,
+    PoolEventKind,
     PoolState,
     PoolStatus,
     PriceChange,
@@ -68,9 +72,12 @@ from models import (
     decode_frame,
 )
 
+from ._events import EventHub, Listener
 from ._exceptions import PoolClosedError, PoolTimeoutError, UnknownAssetError, WorkerStartupError
 from ._handle import WorkerHandle
 from ._routing import Router
+from ._snapshots import SnapshotSource, as_snapshot_source
+from ._supervisor import ResyncCallback, Supervisor
 from ._worker import HandlerFactory, resolve_factory
 
 __all__ = ["PersistentWorkerPool"]
@@ -98,6 +105,12 @@ class _RouteEvent(msgspec.Struct):
 
     asset_id: str | None = None
     price_changes: list[_RouteEntry] | None = None
+    event_type: str | None = None
+    bids: msgspec.Raw | None = None  # present: a book (REST-shaped books carry no event_type)
+
+    @property
+    def is_book(self) -> bool:
+        return self.event_type == "book" or (self.event_type is None and self.bids is not None)
 
 
 _route_decoder = msgspec.json.Decoder(_RouteEvent | list[_RouteEvent])
@@ -134,15 +147,24 @@ class PersistentWorkerPool:
     """
 
     def __init__(
-        self, config: PoolConfig | None = None, *, handler_factory: HandlerFactory | str | None = None
+        self,
+        config: PoolConfig | None = None,
+        *,
+        handler_factory: HandlerFactory | str | None = None,
+        snapshot_source: SnapshotSource | Callable[[Sequence[str]], Any] | None = None,
+        on_resync: ResyncCallback | None = None,
     ) -> None:
         if config is None:
             config = PoolConfig()
         if not isinstance(config, PoolConfig):
             raise TypeError(f"config must be a PoolConfig, got {type(config).__name__}")
         _check_handler_factory(handler_factory)
+        if on_resync is not None and not callable(on_resync):
+            raise TypeError(f"on_resync must be callable, got {type(on_resync).__name__}")
         self.config = config
         self._handler_factory = handler_factory
+        self._snapshot_source = as_snapshot_source(snapshot_source)
+        self._on_resync = on_resync
         self._state = PoolState.CREATED
         self._route = Router(config.worker_count)
         self._handles: list[WorkerHandle] = []
@@ -153,6 +175,8 @@ class PersistentWorkerPool:
         self._memory = _sample_memory(config.memory_threshold)
         self._rate_samples: deque[tuple[float, int]] = deque(maxlen=_RATE_WINDOW_SAMPLES)
         self._log = _log.bind(pool_id=id(self))
+        self._events = EventHub(self._log)
+        self._supervisor: Supervisor | None = None
         # Set while running: the task group that serves the workers, and (thread mode) the portal.
         self._exit_stack: AsyncExitStack | None = None
         self._portal: BlockingPortal | None = None
@@ -291,6 +315,7 @@ class PersistentWorkerPool:
             frames_rejected=self._rejected + sum(s.errors for s in workers.values()),
             frames_unroutable=self._unroutable,
             total_books=sum(s.books for s in workers.values()),
+            restarts=sum(s.restarts for s in workers.values()),
         )
 
     def get_stats(self) -> dict[int, WorkerStats]:
@@ -304,6 +329,27 @@ class PersistentWorkerPool:
     def get_alive_count(self) -> int:
         """How many worker processes are alive."""
         return sum(1 for h in self._handles if h.state in (WorkerState.RUNNING, WorkerState.STOPPING))
+
+    def add_listener(self, listener: Listener) -> Callable[[], None]:
+        """Call ``listener(event)`` for every lifecycle `PoolEvent`; returns a function that removes it.
+
+        Listeners run in the pool's event loop (the background thread under ``with``): a sync one inline,
+        so keep it short; an async one as a task. One that raises is logged and counted, never fatal.
+        """
+        return self._events.add_listener(listener)
+
+    def restart_worker(self, worker_id: int) -> Any:
+        """Replace worker ``worker_id`` now; its books are rebuilt exactly as after a crash.
+
+        Returns once the old process has exited (the replacement then starts at once). An operator
+        restart does not spend the restart budget.
+
+        Raises:
+            ValueError: no such worker.
+            BrokenWorkerError: the worker has failed.
+            PoolClosedError: the pool is not running.
+        """
+        return self._call(self._restart_worker, worker_id)
 
     @property
     def state(self) -> PoolState:
@@ -387,10 +433,20 @@ class PersistentWorkerPool:
         self._state = PoolState.STARTING
         begun = time.monotonic()
         try:
-            await self._start_workers()
+            context = await self._start_workers()
             async with anyio.create_task_group() as task_group:
-                for handle in self._handles:
-                    handle.serve(task_group)
+                self._events.attach(task_group)
+                self._supervisor = Supervisor(
+                    self.config,
+                    self._handles,
+                    context,
+                    self._handler_factory,
+                    self._snapshot_source,
+                    self._on_resync,
+                    self._events,
+                    self._log,
+                )
+                self._supervisor.start(task_group)
                 task_group.start_soon(self._sample_loop, name="pool-sampler")
                 self._state = PoolState.RUNNING
                 self._started_at = time.monotonic()
@@ -405,14 +461,17 @@ class PersistentWorkerPool:
                 await self._stop_workers()
                 task_group.cancel_scope.cancel()
         finally:
+            self._events.attach(None)
             with anyio.CancelScope(shield=True):
                 await self._reap_all()
             self._state = PoolState.STOPPED
             self._stopped.set()
 
-    async def _start_workers(self) -> None:
+    async def _start_workers(self) -> BaseContext:
         context = multiprocessing.get_context(self.config.start_method)
-        self._handles = [WorkerHandle(i, self.config, self._log) for i in range(self.config.worker_count)]
+        self._handles = [
+            WorkerHandle(i, self.config, self._log, self._events.emit) for i in range(self.config.worker_count)
+        ]
         for handle in self._handles:
             await handle.spawn(context, self.config.worker_count, self._handler_factory)
         try:
@@ -421,12 +480,18 @@ class PersistentWorkerPool:
         except WorkerStartupError as exc:
             self._log.error("pool_start_failed", worker_id=exc.worker_id, error=str(exc))
             raise
+        return context
 
     async def _stop_workers(self) -> None:
         self._state = PoolState.STOPPING
         begun = time.monotonic()
+        assert self._supervisor is not None
+        self._supervisor.stop()
         for handle in self._handles:
-            handle.request_stop()
+            if handle.state is WorkerState.RECOVERING:
+                await handle.abandon()  # nothing to drain: its replacement never took over
+            else:
+                handle.request_stop()
         with anyio.move_on_after(self.config.shutdown_timeout):
             for handle in self._handles:
                 await handle.exited.wait()
@@ -499,6 +564,8 @@ class PersistentWorkerPool:
                         await self._make_room(handle, deadline, accepted)
                     handle.frames.append(frame)
                     handle.published += 1
+                    if ids.event_type != "price_change" and ids.is_book:
+                        self._note_book(handle, ids.asset_id)
                 else:
                     try:
                         slots = self._slots_of(frame, ids)
@@ -531,10 +598,28 @@ class PersistentWorkerPool:
         slots = set()
         for event in ids if isinstance(ids, list) else [ids]:
             if event.asset_id is not None:
-                slots.add(self._route[event.asset_id])
+                slot = self._route[event.asset_id]
+                slots.add(slot)
+                if event.is_book:
+                    self._note_book(self._handles[slot], event.asset_id)
             for entry in event.price_changes or ():
                 slots.add(self._route[entry.asset_id])
         return slots
+
+    def _note_book(self, handle: WorkerHandle, asset_id: str) -> None:
+        """A `book` for ``asset_id`` is on its way to ``handle``: the slot holds it (rebuilt after a
+        restart), and if it was stale it is live again once this frame is applied."""
+        handle.assets.add(asset_id)
+        if asset_id in handle.stale:
+            handle.stale.discard(asset_id)
+            self._events.emit(
+                PoolEvent(
+                    kind=PoolEventKind.BOOK_LIVE,
+                    worker_id=handle.worker_id,
+                    asset_ids=[asset_id],
+                    detail="a `book` arrived",
+                )
+            )
 
     def _slots_of_odd_frame(self, frame: bytes) -> Iterable[int]:
         """A frame whose ids do not parse or that names no asset: a service text frame or an event
@@ -549,9 +634,18 @@ class PersistentWorkerPool:
             handle.wake()
 
     async def _make_room(self, handle: WorkerHandle, deadline: float | None, accepted: int) -> None:
-        """Wait until ``handle`` can take one more frame (backpressure); raise if it has exited."""
+        """Wait until ``handle`` can take one more frame (backpressure); raise if it has been given up.
+
+        A recovering slot never blocks publish: its buffer is dropped instead and its books are fetched
+        again, since a snapshot taken after the drop covers everything dropped.
+        """
         handle.check_alive()
         if handle.pending < self.config.max_pending_messages:
+            return
+        if handle.state is WorkerState.RECOVERING:
+            dropped = handle.drop_buffered()
+            handle.refetch = True
+            self._log.warning("recovery_buffer_overflow", worker_id=handle.worker_id, dropped=dropped)
             return
         self._wake_writers()
         remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
@@ -577,11 +671,23 @@ class PersistentWorkerPool:
             behind = {h.worker_id: target - h.applied for h, target in targets if h.applied < target}
             raise PoolTimeoutError(f"flush timed out after {timeout:g} s; frames still to apply per worker: {behind}")
 
+    async def _restart_worker(self, worker_id: int) -> None:
+        self._check_running()
+        if not 0 <= worker_id < len(self._handles):
+            raise ValueError(f"worker_id must be in [0, {len(self._handles) - 1}], got {worker_id}")
+        handle = self._handles[worker_id]
+        handle.check_alive()
+        exited = handle.exited
+        handle.kill_for(ExitReason.OPERATOR)
+        await exited.wait()
+
     async def _get_book(self, asset_id: str, timeout: float | None) -> BookView:
         self._check_running()
         if not isinstance(asset_id, str):
             raise TypeError(f"asset_id must be a str, got {type(asset_id).__name__}")
         handle = self._handles[self._route[asset_id]]
+        if handle.state is WorkerState.RECOVERING and asset_id in handle.assets:
+            return BookView.stale_placeholder(asset_id)  # being rebuilt: say so rather than wait
         with anyio.move_on_after(timeout) as scope:
             book = await handle.get_book(asset_id)
         if scope.cancelled_caught:
@@ -641,6 +747,7 @@ def _sample_memory(threshold: float) -> MemoryStatus:
 
 def _worker_status(handle: WorkerHandle, now: float) -> WorkerStatus:
     stats = handle.stats
+    recovering = handle.state is WorkerState.RECOVERING
     return WorkerStatus(
         worker_id=handle.worker_id,
         status=handle.state,
@@ -652,7 +759,10 @@ def _worker_status(handle: WorkerHandle, now: float) -> WorkerStatus:
         memory_bytes=stats.memory_usage_bytes if stats else 0,
         last_heartbeat_age=now - handle.last_heard if handle.pid is not None else None,
         restarts=handle.restarts,
+        stale_books=len(handle.assets) if recovering else len(handle.stale) or (stats.stale_books if stats else 0),
         exit_code=handle.exit_code,
+        last_exit_reason=handle.last_exit_reason,
+        last_restart_at=handle.last_restart_at,
     )
 
 

@@ -23,6 +23,7 @@ __all__ = [
     "GetBook",
     "Progress",
     "Ready",
+    "Rebuild",
     "Stop",
     "ToWorker",
     "frame_header",
@@ -46,11 +47,19 @@ class GetBook(msgspec.Struct, tag=True, array_like=True):
     asset_id: str
 
 
+class Rebuild(msgspec.Struct, tag=True, array_like=True):
+    """Recovery of a replacement worker: install ``books`` (`book` frames from the snapshot source) and
+    mark ``stale`` the assets that have none; sent ahead of the frames the dead worker had not applied."""
+
+    books: list[bytes]
+    stale: list[str]
+
+
 class Stop(msgspec.Struct, tag=True, array_like=True):
     """Finish what was sent before, report final stats, and exit 0."""
 
 
-ToWorker = Batch | GetBook | Stop
+ToWorker = Batch | GetBook | Rebuild | Stop
 
 
 class Ready(msgspec.Struct, tag=True, array_like=True):

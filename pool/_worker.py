@@ -28,8 +28,10 @@ import structlog
 from models import (
     BookEvent,
     BookStore,
+    BookView,
     LastTradePrice,
     MessageError,
+    OrderBook,
     PriceChange,
     TickSizeChange,
     UnknownEvent,
@@ -37,7 +39,7 @@ from models import (
     decode_frame,
 )
 
-from ._protocol import Batch, BookReply, Fatal, GetBook, Progress, Ready, Stop, ToWorker
+from ._protocol import Batch, BookReply, Fatal, GetBook, Progress, Ready, Rebuild, Stop, ToWorker
 from ._routing import Router
 
 __all__ = ["HandlerFactory", "resolve_factory", "worker_main"]
@@ -175,13 +177,44 @@ class _Worker:
                     self._apply_batch(frames)
                     self._report()
                 case GetBook(request_id, asset_id):
-                    book = self._store.books.get(asset_id)
-                    reply = BookReply(request_id, book.view() if book is not None else None)
-                    conn.send_bytes(self._encoder.encode(reply))
+                    conn.send_bytes(self._encoder.encode(BookReply(request_id, self._view(asset_id))))
+                case Rebuild(books, stale):
+                    self._rebuild(books, stale)
+                    self._report()
                 case Stop():
                     self._report()
                     self._log.debug("worker_stopping", messages=self._messages)
                     return
+
+    def _view(self, asset_id: str) -> BookView | None:
+        book = self._store.books.get(asset_id)
+        if book is not None:
+            return book.view()
+        if asset_id in self._store.stale:
+            return BookView.stale_placeholder(asset_id)
+        return None
+
+    def _rebuild(self, books: list[bytes], stale: list[str]) -> None:
+        """Install recovery snapshots (the handler sees each as a snapshot) and note the stale assets."""
+        self._store.mark_stale(stale)
+        for frame in books:
+            try:
+                events = decode_frame(frame)
+            except MessageError as exc:
+                self._errors += 1
+                self._log.warning("snapshot_rejected", reason=str(exc))
+                continue
+            for event in events:
+                if isinstance(event, BookEvent):
+                    try:
+                        book = self._store.rebuild(event)
+                    except MessageError as exc:
+                        self._errors += 1
+                        self._log.warning("snapshot_rejected", asset_id=event.asset_id, reason=str(exc))
+                        continue
+                    self._snapshots += 1
+                    self._call_handler(event, [book])
+        self._log.info("worker_rebuilt", books=len(books), stale=len(stale))
 
     def _apply_batch(self, frames: list[bytes]) -> None:
         started = time.perf_counter_ns()
@@ -215,6 +248,9 @@ class _Worker:
             self._snapshots += 1
         else:
             self._updates += len(books)
+        self._call_handler(event, books)
+
+    def _call_handler(self, event: Any, books: list[OrderBook]) -> None:
         callback = self._callbacks.get(type(event))
         if callback is None:
             return
@@ -246,7 +282,8 @@ class _Worker:
             errors=self._errors,
             handler_errors=self._handler_errors,
             unknown_events=self._unknown,
-            skipped_updates=self._store.skipped,
+            skipped_updates=self._store.skipped + self._store.superseded,
+            stale_books=len(self._store.stale),
             applied_seq=self._applied_seq,
         )
         self._conn.send_bytes(self._encoder.encode(Progress(stats)))

@@ -19,7 +19,7 @@ import psutil
 import pytest
 import structlog
 
-from models import BookView, PoolState, WorkerState
+from models import BookView, ExitReason, PoolState, WorkerState
 from pool import (
     BrokenWorkerError,
     PersistentWorkerPool,
@@ -378,10 +378,11 @@ class TestNoOrphans:
 
 class TestFailures:
     @pytest.mark.parametrize("start_method", ["spawn", "forkserver"])
-    def test_killed_worker_fails_waiters_and_degrades_pool(self, start_method: str) -> None:
-        """SIGKILL on a worker: seen at once, the pool is degraded, calls on its books raise BrokenWorkerError."""
+    def test_killed_worker_without_restart_budget_fails(self, start_method: str) -> None:
+        """SIGKILL on a worker with max_restarts=0: the slot fails, the pool is degraded, calls on its books
+        raise BrokenWorkerError, and the other worker serves on."""
         market = SyntheticMarket(40, seed=37)
-        with PersistentWorkerPool(config(start_method=start_method)) as pool:
+        with PersistentWorkerPool(config(start_method=start_method, max_restarts=0)) as pool:
             pool.publish(market.snapshots())
             pool.flush(timeout=10)
             victim = pool.get_status().workers[0]
@@ -390,6 +391,7 @@ class TestFailures:
             wait_for(lambda: pool.get_status().workers[0].status is WorkerState.FAILED, what="worker 0 marked failed")
             status = pool.get_status()
             assert status.pool_status is PoolState.DEGRADED and status.workers[0].exit_code == -signal.SIGKILL
+            assert status.workers[0].last_exit_reason is ExitReason.KILLED
             assert not pool.is_healthy() and pool.get_alive_count() == 1
             owned_by_0 = next(a for a in market.asset_ids if pool._route[a] == 0)
             owned_by_1 = next(a for a in market.asset_ids if pool._route[a] == 1)

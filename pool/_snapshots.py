@@ -1,0 +1,87 @@
+"""Snapshot sources: where a replacement worker gets the current books of the slot it takes over.
+
+The contract (what a REST source must do to plug in): ``await source.fetch(asset_ids)`` returns an
+iterable of Polymarket `book` snapshots, each a raw JSON frame (``bytes``/``str``, the shape of
+``GET /book``: ``event_type`` optional) or a decoded `models.BookEvent`, for as many of ``asset_ids`` as it
+can. Each snapshot must be *current*: it includes every update published before ``fetch`` was called,
+and its ``timestamp`` is not earlier than any of them. Assets it does not return stay stale, and are
+handed to ``on_resync``. Raising (or timing out) makes the pool retry with backoff.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any, Protocol, TypeAlias, runtime_checkable
+
+import anyio
+import msgspec
+
+from models import BookEvent, MessageError, decode_frame
+
+__all__ = ["CallableSnapshotSource", "Snapshot", "SnapshotSource", "as_snapshot_source", "snapshot_frames"]
+
+Snapshot: TypeAlias = bytes | str | BookEvent
+
+_encoder = msgspec.json.Encoder()
+
+
+@runtime_checkable
+class SnapshotSource(Protocol):
+    """Anything with ``async fetch(asset_ids) -> Iterable[Snapshot]``."""
+
+    async def fetch(self, asset_ids: Sequence[str]) -> Iterable[Snapshot]:
+        """Return current `book` snapshots for ``asset_ids`` (see the module docstring)."""
+        ...
+
+
+class CallableSnapshotSource:
+    """A `SnapshotSource` made from a plain function, sync or async, taking the asset ids.
+
+    A sync function runs in a worker thread, so a blocking HTTP client does not stall the pool.
+    """
+
+    def __init__(self, function: Callable[[Sequence[str]], Iterable[Snapshot] | Awaitable[Iterable[Snapshot]]]) -> None:
+        if not callable(function):
+            raise TypeError(f"a snapshot source must be callable or have `fetch`, got {type(function).__name__}")
+        self._function = function
+
+    async def fetch(self, asset_ids: Sequence[str]) -> Iterable[Snapshot]:
+        if inspect.iscoroutinefunction(self._function):
+            result: Any = await self._function(asset_ids)
+        else:
+            result = await anyio.to_thread.run_sync(self._function, asset_ids)
+            if inspect.isawaitable(result):
+                result = await result
+        return list(result)
+
+    def __repr__(self) -> str:
+        return f"CallableSnapshotSource({self._function!r})"
+
+
+def as_snapshot_source(source: Any) -> SnapshotSource | None:
+    """Accept a `SnapshotSource`, a sync or async callable, or ``None``.
+
+    Raises:
+        TypeError: ``source`` is none of those.
+    """
+    if source is None or isinstance(source, SnapshotSource):
+        return source
+    return CallableSnapshotSource(source)
+
+
+def snapshot_frames(snapshots: Iterable[Snapshot], wanted: set[str]) -> dict[str, bytes]:
+    """Validate what a source returned: one `book` frame per wanted asset (the last one wins).
+
+    Raises:
+        MessageError: a snapshot is not a `book`, or is malformed.
+    """
+    frames: dict[str, bytes] = {}
+    for snapshot in snapshots:
+        events = [snapshot] if isinstance(snapshot, BookEvent) else decode_frame(snapshot)
+        for event in events:
+            if not isinstance(event, BookEvent):
+                raise MessageError(f"a snapshot source returned a {type(event).__name__}, not a `book`")
+            if event.asset_id in wanted:
+                frames[event.asset_id] = _encoder.encode(event)
+    return frames
