@@ -65,7 +65,7 @@ class EventHub:
                     self._task_group.start_soon(self._await_listener, result, listener)
             except Exception:
                 self.listener_errors += 1
-                self._log.exception("listener_failed", listener=repr(listener), event=event.kind.value)
+                self._log.exception("listener_failed", listener=repr(listener), pool_event=event.kind.value)
 
     async def _await_listener(self, result: Awaitable[None], listener: Listener) -> None:
         try:

@@ -351,20 +351,24 @@ class WorkerHandle:
                     else:
                         frames, control = self.frames, None
                         self.frames = []
+                    # Everything taken off the queue is in flight before the first await: if the process dies
+                    # mid-way, the watcher requeues all of it, sent or not, and nothing falls in between.
+                    outgoing = []
                     for start in range(0, len(frames), _MAX_BATCH_FRAMES):
                         chunk = frames[start : start + _MAX_BATCH_FRAMES]
                         self._sent_seq += len(chunk)
-                        # In flight before it is sent: if the send is cut short, the watcher requeues it.
-                        await self._send(stream, _Sent(Batch(chunk), self._sent_seq))
+                        outgoing.append(_Sent(Batch(chunk), self._sent_seq))
                     if control is not None:
-                        await self._send(stream, _Sent(control))
+                        outgoing.append(_Sent(control))
+                    self._inflight.extend(outgoing)
+                    for sent in outgoing:
+                        await self._send(stream, sent.message)
         except (anyio.BrokenResourceError, anyio.ClosedResourceError):
             return  # the worker is gone; the watcher reports it
 
-    async def _send(self, stream: SocketStream, sent: _Sent) -> None:
-        self._inflight.append(sent)
+    async def _send(self, stream: SocketStream, message: ToWorker) -> None:
         buffer = bytearray(HEADER_SIZE)
-        self._encoder.encode_into(sent.message, buffer, HEADER_SIZE)
+        self._encoder.encode_into(message, buffer, HEADER_SIZE)
         buffer[:HEADER_SIZE] = frame_header(len(buffer) - HEADER_SIZE)
         # Both backends accept any bytes-like object; the cast saves a copy of a batch of ~400 KB.
         await stream.send(cast(bytes, buffer))
@@ -417,6 +421,10 @@ class WorkerHandle:
         assert process is not None
         await anyio.wait_readable(process.sentinel)
         await anyio.to_thread.run_sync(process.join)
+        # End this incarnation's writer and reader before touching the queue: from here on nothing awaits
+        # unshielded, so neither can run again, and the writer cannot take requeued messages to a dead socket.
+        assert self._scope is not None
+        self._scope.cancel()
         self.exit_code = process.exitcode
         stopping = self.state is WorkerState.STOPPING
         reason = ExitReason.SHUTDOWN if stopping else self._classify(self.exit_code)
@@ -447,8 +455,6 @@ class WorkerHandle:
             assert self._stream is not None
             await self._stream.aclose()
         self.exited.set()
-        assert self._scope is not None
-        self._scope.cancel()  # ends this incarnation's writer and reader
 
     def _classify(self, exit_code: int | None) -> ExitReason:
         if self._kill_reason is not None:

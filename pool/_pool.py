@@ -54,6 +54,7 @@ import structlog
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from models import (
+    BookEvent,
     BookView,
     Event,
     ExitReason,
@@ -106,11 +107,11 @@ class _RouteEvent(msgspec.Struct):
     asset_id: str | None = None
     price_changes: list[_RouteEntry] | None = None
     event_type: str | None = None
-    bids: msgspec.Raw | None = None  # present: a book (REST-shaped books carry no event_type)
+    bids: msgspec.Raw = msgspec.Raw()  # left unparsed; non-empty means a book (REST shapes have no event_type)
 
     @property
     def is_book(self) -> bool:
-        return self.event_type == "book" or (self.event_type is None and self.bids is not None)
+        return self.event_type == "book" or (self.event_type is None and len(self.bids) > 0)
 
 
 _route_decoder = msgspec.json.Decoder(_RouteEvent | list[_RouteEvent])
@@ -460,6 +461,10 @@ class PersistentWorkerPool:
                 await self._stop_requested.wait()
                 await self._stop_workers()
                 task_group.cancel_scope.cancel()
+        except Exception:
+            # A bug in the pool's own tasks: say so loudly; every worker is still reaped below.
+            self._log.exception("pool_internal_error")
+            raise
         finally:
             self._events.attach(None)
             with anyio.CancelScope(shield=True):
@@ -624,7 +629,13 @@ class PersistentWorkerPool:
     def _slots_of_odd_frame(self, frame: bytes) -> Iterable[int]:
         """A frame whose ids do not parse or that names no asset: a service text frame or an event
         with no asset (no slots; counted as unroutable), or a malformed frame (raises `MessageError`)."""
-        slots = {self._route[asset_id] for event in decode_frame(frame) for asset_id in _asset_ids(event)}
+        slots = set()
+        for event in decode_frame(frame):
+            for asset_id in _asset_ids(event):
+                slot = self._route[asset_id]
+                slots.add(slot)
+                if isinstance(event, BookEvent):
+                    self._note_book(self._handles[slot], asset_id)
         if not slots:
             self._unroutable += 1
         return slots

@@ -5,13 +5,16 @@ markets (two tokens each), traffic is Zipf-skewed (with ``skew=1.0`` and 1,000 a
 carries about 13% of it), and every event kind and ``price_change`` shape the exchange has used appears:
 one-level messages (the bulk), ``changes`` arrays, and ``price_changes`` arrays with a mirrored entry for
 the market's other token. The same seed always gives the same bytes.
+
+It also keeps the true current book of every token, so it is a `SnapshotSource` too (`fetch`): a worker
+that dies during the demo is rebuilt exactly as it would be against the real exchange.
 """
 
 from __future__ import annotations
 
 import itertools
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import msgspec
 
@@ -43,6 +46,8 @@ class SyntheticMarket:
         self._twin.update({b: a for a, b in self._twin.items()})
         self._mid = {asset_id: self._random.randint(20, 80) for asset_id in self.asset_ids}
         self._levels = levels
+        # The true books: asset -> (bids, asks), each price in hundredths -> size string.
+        self._books: dict[str, tuple[dict[int, str], dict[int, str]]] = {a: ({}, {}) for a in self.asset_ids}
         weights = [1.0 / (rank**skew) for rank in range(1, count + 1)]
         self._cumulative = list(itertools.accumulate(weights))
         self._clock = _START_MS
@@ -56,21 +61,36 @@ class SyntheticMarket:
         return [self.book(asset_id) for asset_id in self.asset_ids]
 
     def book(self, asset_id: str) -> bytes:
-        """A fresh full `book` frame for ``asset_id`` around its current mid."""
+        """A new random book around ``asset_id``'s mid, as a `book` frame (it becomes the true book)."""
         rnd, mid = self._random, self._mid[asset_id]
-        bids = [(p, rnd.randint(1, 50_000)) for p in range(max(1, mid - self._levels), mid)]
-        asks = [(p, rnd.randint(1, 50_000)) for p in range(mid + 1, min(_TICK, mid + 1 + self._levels))]
+        bids, asks = self._books[asset_id]
+        bids.clear()
+        asks.clear()
+        bids.update((p, f"{rnd.randint(1, 50_000) / 100:g}") for p in range(max(1, mid - self._levels), mid))
+        asks.update(
+            (p, f"{rnd.randint(1, 50_000) / 100:g}") for p in range(mid + 1, min(_TICK, mid + 1 + self._levels))
+        )
+        return self.snapshot(asset_id, self._now())
+
+    def snapshot(self, asset_id: str, timestamp: int | None = None) -> bytes:
+        """The true current book of ``asset_id`` as a `book` frame (bids ascending, asks descending)."""
+        bids, asks = self._books[asset_id]
         return msgspec.json.encode(
             {
                 "event_type": "book",
                 "asset_id": asset_id,
                 "market": self.market_of[asset_id],
-                "bids": [{"price": _price(p), "size": f"{s / 100:g}"} for p, s in bids],
-                "asks": [{"price": _price(p), "size": f"{s / 100:g}"} for p, s in reversed(asks)],
-                "timestamp": str(self._now()),
+                "bids": [{"price": _price(p), "size": bids[p]} for p in sorted(bids)],
+                "asks": [{"price": _price(p), "size": asks[p]} for p in sorted(asks, reverse=True)],
+                "timestamp": str(self._clock if timestamp is None else timestamp),
                 "hash": f"{self._random.getrandbits(160):040x}",
             }
         )
+
+    async def fetch(self, asset_ids: Sequence[str]) -> list[bytes]:
+        """`SnapshotSource.fetch`: the true books now, stamped with the latest timestamp issued, so every
+        update generated so far is inside them."""
+        return [self.snapshot(asset_id) for asset_id in asset_ids if asset_id in self._books]
 
     def updates(self, count: int) -> Iterator[bytes]:
         """``count`` frames after the snapshots: 90% one-level ``price_change``, the rest the other shapes,
@@ -91,12 +111,25 @@ class SyntheticMarket:
                 yield self._tick_size_change(asset_id)
 
     def _level(self, asset_id: str) -> tuple[str, str, str]:
+        """A level change of ``asset_id``, applied to the true book."""
+        side, price, size = self._pick_level(asset_id)
+        self._set(asset_id, side, price, size)
+        return side, _price(price), size
+
+    def _pick_level(self, asset_id: str) -> tuple[str, int, str]:
         rnd, mid = self._random, self._mid[asset_id]
         side = rnd.choice(("BUY", "SELL"))
         offset = min(int(rnd.expovariate(0.3)) + 1, self._levels)
         price = max(1, mid - offset) if side == "BUY" else min(_TICK - 1, mid + offset)
         size = "0" if rnd.random() < 0.3 else f"{rnd.randint(1, 5_000_000) / 100:g}"
-        return side, _price(price), size
+        return side, price, size
+
+    def _set(self, asset_id: str, side: str, price: int, size: str) -> None:
+        levels = self._books[asset_id][0 if side == "BUY" else 1]
+        if size == "0":
+            levels.pop(price, None)
+        else:
+            levels[price] = size
 
     def _price_change_v0(self, asset_id: str) -> bytes:
         side, price, size = self._level(asset_id)
@@ -130,7 +163,9 @@ class SyntheticMarket:
         side, price, size = self._level(asset_id)
         twin = self._twin[asset_id]
         mirrored_side = "SELL" if side == "BUY" else "BUY"
-        mirrored_price = _price(_TICK - round(float(price) * _TICK))
+        mirrored_hundredths = _TICK - round(float(price) * _TICK)
+        self._set(twin, mirrored_side, mirrored_hundredths, size)
+        mirrored_price = _price(mirrored_hundredths)
         entries = [
             {"asset_id": asset_id, "price": price, "size": size, "side": side},
             {"asset_id": twin, "price": mirrored_price, "size": size, "side": mirrored_side},
@@ -147,7 +182,8 @@ class SyntheticMarket:
         )
 
     def _trade(self, asset_id: str) -> bytes:
-        side, price, _ = self._level(asset_id)
+        side, hundredths, _ = self._pick_level(asset_id)  # a trade does not change the book by itself
+        price = _price(hundredths)
         return msgspec.json.encode(
             {
                 "asset_id": asset_id,

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from decimal import Decimal
 from pathlib import Path
 
@@ -33,6 +34,8 @@ class ReferenceBooks:
     def __init__(self) -> None:
         self.bids: dict[str, dict[Decimal, Decimal]] = {}
         self.asks: dict[str, dict[Decimal, Decimal]] = {}
+        self.markets: dict[str, str] = {}
+        self.clock = 0  # the latest timestamp applied
 
     def apply_frames(self, frames: Iterable[bytes]) -> None:
         for frame in frames:
@@ -41,9 +44,12 @@ class ReferenceBooks:
                 self.apply(event)
 
     def apply(self, event: dict[str, object]) -> None:
+        if event.get("timestamp") is not None:
+            self.clock = max(self.clock, int(str(event["timestamp"])))
         kind = event.get("event_type", "book")
         if kind == "book":
             asset = str(event["asset_id"])
+            self.markets[asset] = str(event.get("market", ""))
             self.bids[asset] = {Decimal(level["price"]): Decimal(level["size"]) for level in event["bids"]}  # type: ignore[attr-defined]
             self.asks[asset] = {Decimal(level["price"]): Decimal(level["size"]) for level in event["asks"]}  # type: ignore[attr-defined]
         elif kind == "price_change":
@@ -64,11 +70,49 @@ class ReferenceBooks:
                 else:
                     side.pop(price, None)
 
+    def snapshot(self, asset_id: str) -> bytes:
+        """The current book as a `book` frame stamped with the latest timestamp applied."""
+        bids, asks = self.levels(asset_id)
+        return msgspec.json.encode(
+            {
+                "event_type": "book",
+                "asset_id": asset_id,
+                "market": self.markets[asset_id],
+                "bids": [{"price": str(p), "size": str(s)} for p, s in reversed(bids)],
+                "asks": [{"price": str(p), "size": str(s)} for p, s in reversed(asks)],
+                "timestamp": str(self.clock),
+            }
+        )
+
     def levels(self, asset_id: str) -> tuple[list[tuple[Decimal, Decimal]], list[tuple[Decimal, Decimal]]]:
         """Bids and asks best-first."""
         bids = sorted(((p, s) for p, s in self.bids[asset_id].items() if s), reverse=True)
         asks = sorted((p, s) for p, s in self.asks[asset_id].items() if s)
         return bids, asks
+
+
+class ReferenceSource:
+    """A snapshot source (a sync callable) that serves the reference's current books.
+
+    Tests apply each chunk to the reference under ``lock`` before publishing it, so a snapshot always
+    covers everything published. ``failures`` makes that many calls raise first; ``gate``, when given,
+    makes calls raise until it is set.
+    """
+
+    def __init__(self, reference: ReferenceBooks, *, failures: int = 0, gate: threading.Event | None = None) -> None:
+        self.reference = reference
+        self.lock = threading.Lock()
+        self.calls = 0
+        self._failures = failures
+        self._gate = gate
+
+    def __call__(self, asset_ids: Sequence[str]) -> list[bytes]:
+        self.calls += 1
+        if self._failures > 0 or (self._gate is not None and not self._gate.is_set()):
+            self._failures -= 1
+            raise ConnectionError("snapshot service unavailable (test)")
+        with self.lock:
+            return [self.reference.snapshot(a) for a in asset_ids if a in self.reference.bids]
 
 
 def as_decimals(pairs: Iterable[tuple[str, str]]) -> list[tuple[Decimal, Decimal]]:

@@ -73,3 +73,14 @@ class SlowHandler:
 
 def slow_handler(delay: float, worker_id: int) -> SlowHandler:
     return SlowHandler(delay)
+
+
+class CrashingHandler:
+    """Ends its process with exit code 3 on the first snapshot it sees (in the chosen worker only)."""
+
+    def on_snapshot(self, book: Any, event: Any) -> None:
+        os._exit(3)
+
+
+def crashing_handler(target_worker: int, worker_id: int) -> CrashingHandler | None:
+    return CrashingHandler() if worker_id == target_worker else None
