@@ -124,6 +124,10 @@ class WorkerHandle:
         self._stream: SocketStream | None = None
         self._receiver: BufferedByteReceiveStream | None = None
         self._scope: anyio.CancelScope | None = None
+        # Bumped when a process dies. Cancellation reaches a task only at its next checkpoint, so the dead
+        # process's writer and reader may still run a step; they check this and stop instead of taking
+        # requeued messages or applying a stale acknowledgement to the next process's accounting.
+        self._generation = 0
 
     # ----------------------------------------------------------------------------------- process life
 
@@ -167,7 +171,8 @@ class WorkerHandle:
         """
         try:
             with anyio.fail_after(self._config.worker_startup_timeout):
-                message = await self._receive()
+                assert self._receiver is not None
+                message = await self._receive(self._receiver)
         except TimeoutError:
             await self.kill()
             raise self._startup_error(
@@ -193,6 +198,8 @@ class WorkerHandle:
     def serve(self, task_group: anyio.abc.TaskGroup) -> None:
         """Run the current process's writer, reader and watcher until it exits."""
         self.state = WorkerState.RUNNING
+        self.last_heard = time.monotonic()  # a snapshot fetch may have taken longer than heartbeat_timeout
+        self.wake()  # frames requeued from the last process may be waiting
         task_group.start_soon(self._serve_incarnation, name=f"pool-worker-{self.worker_id}")
 
     async def _serve_incarnation(self) -> None:
@@ -339,13 +346,15 @@ class WorkerHandle:
         return dropped
 
     async def _write_loop(self) -> None:
-        stream = self._stream
+        stream, generation = self._stream, self._generation
         assert stream is not None
         try:
             while True:
                 await self._wake.wait()
+                if generation != self._generation:
+                    return
                 self._wake = anyio.Event()
-                while self._queue or self.frames:
+                while (self._queue or self.frames) and generation == self._generation:
                     if self._queue:
                         frames, control = self._queue.popleft()
                     else:
@@ -373,15 +382,18 @@ class WorkerHandle:
         # Both backends accept any bytes-like object; the cast saves a copy of a batch of ~400 KB.
         await stream.send(cast(bytes, buffer))
 
-    async def _receive(self) -> FromWorker:
-        assert self._receiver is not None
-        size = unpack_header(await self._receiver.receive_exactly(HEADER_SIZE))
-        return self._decoder.decode(await self._receiver.receive_exactly(size))
+    async def _receive(self, receiver: BufferedByteReceiveStream) -> FromWorker:
+        size = unpack_header(await receiver.receive_exactly(HEADER_SIZE))
+        return self._decoder.decode(await receiver.receive_exactly(size))
 
     async def _read_loop(self) -> None:
+        receiver, generation = self._receiver, self._generation
+        assert receiver is not None
         try:
             while True:
-                message = await self._receive()
+                message = await self._receive(receiver)
+                if generation != self._generation:
+                    return
                 self.last_heard = time.monotonic()
                 match message:
                     case Progress(stats):
@@ -425,6 +437,7 @@ class WorkerHandle:
         # unshielded, so neither can run again, and the writer cannot take requeued messages to a dead socket.
         assert self._scope is not None
         self._scope.cancel()
+        self._generation += 1
         self.exit_code = process.exitcode
         stopping = self.state is WorkerState.STOPPING
         reason = ExitReason.SHUTDOWN if stopping else self._classify(self.exit_code)

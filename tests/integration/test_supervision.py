@@ -72,16 +72,19 @@ class TestRestartAndRebuild:
             publish_tracked(pool, source, snapshots)
             for index, start in enumerate(range(0, len(updates), 2_000)):
                 publish_tracked(pool, source, updates[start : start + 2_000])
-                if index % 3 == 1 and kills < 12:
-                    victim = pool.get_status().workers[chooser.randrange(4)]
-                    if victim.status is WorkerState.RUNNING and victim.pid is not None:
-                        os.kill(victim.pid, signal.SIGKILL)
-                        kills += 1
+                if index % 4 == 1:  # 12 kills, spread over the run, each of a randomly chosen running worker
+                    wait_for(lambda: any(running(pool, w) for w in range(4)), timeout=30, what="a running worker")
+                    victim = chooser.choice(
+                        [w for w in pool.get_status().workers.values() if w.status is WorkerState.RUNNING]
+                    )
+                    assert victim.pid is not None
+                    os.kill(victim.pid, signal.SIGKILL)
+                    kills += 1
             pool.flush(timeout=60)
             wait_for(lambda: all(running(pool, w) for w in range(4)), timeout=30, what="every worker running")
             assert_exact(pool, reference, market.asset_ids)
             status = pool.get_status()
-        assert kills >= 10
+        assert kills == 13
         assert status.restarts == kills
         assert status.pool_status is PoolState.RUNNING and status.total_books == 1000
         assert all(w.stale_books == 0 for w in status.workers.values())
