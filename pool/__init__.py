@@ -4,6 +4,7 @@
 ``pool._worker``, does not pay for the parent's machinery (anyio, the supervisor) it never runs.
 """
 
+import importlib
 from typing import TYPE_CHECKING, Any
 
 from models import PoolConfig
@@ -20,14 +21,17 @@ from ._exceptions import (
 
 if TYPE_CHECKING:
     from ._pool import PersistentWorkerPool
+    from ._snapshots import CallableSnapshotSource, SnapshotSource
 
 __all__ = [
     "BrokenWorkerError",
+    "CallableSnapshotSource",
     "PersistentWorkerPool",
     "PoolClosedError",
     "PoolConfig",
     "PoolError",
     "PoolTimeoutError",
+    "SnapshotSource",
     "UnknownAssetError",
     "WorkerError",
     "WorkerStartupError",
@@ -40,14 +44,22 @@ for _name in __all__:
 del _name, _value
 
 
-def __getattr__(name: str) -> Any:
-    if name == "PersistentWorkerPool":
-        from ._pool import PersistentWorkerPool
+# Loaded on first use: these modules import anyio, which a worker process never needs.
+_LAZY = {
+    "CallableSnapshotSource": "._snapshots",
+    "PersistentWorkerPool": "._pool",
+    "SnapshotSource": "._snapshots",
+}
 
-        PersistentWorkerPool.__module__ = __name__
-        globals()[name] = PersistentWorkerPool
-        return PersistentWorkerPool
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    value.__module__ = __name__
+    globals()[name] = value
+    return value
 
 
 def __dir__() -> list[str]:

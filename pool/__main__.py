@@ -36,8 +36,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 async def _run(args: argparse.Namespace) -> int:
     market = SyntheticMarket(args.assets, seed=args.seed)
-    config = PoolConfig(worker_count=args.workers, heartbeat_interval=1.0)
-    async with PersistentWorkerPool(config) as pool:
+    config = PoolConfig(worker_count=args.workers, heartbeat_interval=1.0)  # a killed worker is rebuilt from it
+    async with PersistentWorkerPool(config, snapshot_source=market) as pool:
         await pool.publish(market.snapshots())
         started = time.monotonic()
         sent = 0

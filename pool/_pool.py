@@ -9,9 +9,11 @@ Data flow::
     |  route: asset id -> slot           (msgspec decode of the ids only, cached)  |
     |     |            |                                                            |
     |  WorkerHandle 0 ... WorkerHandle N-1  (queued frames, pending <= max_pending) |
-    |  writer task ---- Batch / GetBook / Stop ---->  socketpair  ---> worker N     |
-    |  reader task <--- Progress / BookReply -------  socketpair  <--- (process)    |
+    |  writer task ---- Batch / GetBook / Rebuild / Stop -->  socketpair --> worker |
+    |  reader task <--- Progress / BookReply ---------------  socketpair <-- (proc) |
     |  watcher task: waits on the process sentinel (exit seen at once)             |
+    |  supervisor (pool._supervisor): restart with back-off and budget, rebuild     |
+    |     from the SnapshotSource; health loop: kills workers silent too long      |
     |  sampler task: system memory and throughput for get_status()                 |
     +------------------------------------------------------------------------------+
 
@@ -24,8 +26,10 @@ Data flow::
   assets it owns. When a slot has ``max_pending_messages`` frames not yet applied, publish waits.
 * flush / get_book: a query travels down the same ordered channel as the data, so its answer reflects
   every frame published before it (read your writes). Flush waits for each slot's applied count.
-* crash: the watcher sees the sentinel, marks the slot ``failed`` and fails every call waiting on it with
-  `BrokenWorkerError`. (Restart and rebuild from snapshots arrive with the supervisor.)
+* crash: the watcher sees the sentinel, ends that process's tasks and puts what it had been sent but had
+  not acknowledged back at the front of the slot's queue; the supervisor starts a replacement, queues
+  fresh snapshots ahead of it all, and the slot runs again (or is ``failed`` once the restart budget is
+  spent, and calls waiting on it raise `BrokenWorkerError`).
 * shutdown: ``Stop`` is queued behind the data; workers drain, report and exit; after
   ``shutdown_timeout`` the rest get SIGTERM, then SIGKILL; every process is reaped, every fd closed.
 

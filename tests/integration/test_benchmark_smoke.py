@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.performance import bench_throughput
+from tests.performance import bench_recovery, bench_throughput
 
 
 @pytest.mark.timeout(120)
@@ -15,3 +15,13 @@ def test_benchmark_runs_all_designs(capsys: pytest.CaptureFixture[str]) -> None:
     assert results["ratio_queue"] == pytest.approx(results["pool"] / results["queue"])
     printed = capsys.readouterr().out
     assert "| pool (this library) | 2 |" in printed and "pool / queue design:" in printed
+
+
+@pytest.mark.timeout(120)
+def test_recovery_benchmark_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    """Both recovery figures and the cold-start baseline are measured and printed."""
+    results = bench_recovery.main(["--books", "50", "--kills", "2"])
+    assert results["books"] > 0
+    assert 0 < results["detection_median_ms"] <= results["detection_max_ms"]
+    assert 0 < results["recovery_median_s"] <= results["recovery_max_s"] and results["cold_start_s"] > 0
+    assert "books live again" in capsys.readouterr().out
