@@ -245,3 +245,28 @@ def test_price_changes_match_decimal_reference(changes: list[tuple[str, int, str
     bids, asks = reference.levels("a")
     assert as_decimals(store.books["a"].bids()) == bids
     assert as_decimals(store.books["a"].asks()) == asks
+
+
+class TestRecovery:
+    def test_rebuild_skips_updates_older_than_the_snapshot(self) -> None:
+        """After a recovery snapshot, replayed updates older than it are skipped; equal or newer apply."""
+        store = BookStore()
+        snapshot = BookEvent(asset_id="a", market="m", bids=[Level("0.1", "5")], asks=[], timestamp=100)
+        store.rebuild(snapshot)
+        for timestamp, size in ((99, "7"), (100, "8"), (101, "9")):
+            store.apply(PriceChange(asset_id="a", market="m", price="0.2", side="BUY", size=size, timestamp=timestamp))
+            if timestamp == 99:
+                assert store.books["a"].bids() == [("0.1", "5")]
+        assert store.books["a"].bids() == [("0.2", "9"), ("0.1", "5")]
+        assert store.superseded == 1
+
+    def test_stale_until_a_book_arrives(self) -> None:
+        """mark_stale drops the book; updates are skipped until a `book` makes it live again."""
+        store = BookStore()
+        store.apply(book_event([("0.1", "1")], [], asset_id="a"))
+        store.mark_stale(["a"])
+        assert "a" not in store.books and store.stale == {"a"}
+        store.apply(PriceChange(asset_id="a", market="m", price="0.2", side="BUY", size="3", timestamp=5))
+        assert "a" not in store.books and store.skipped == 1
+        store.apply(book_event([("0.3", "4")], [], asset_id="a"))
+        assert store.stale == set() and store.books["a"].bids() == [("0.3", "4")]
