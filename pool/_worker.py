@@ -29,6 +29,7 @@ from models import (
     BookEvent,
     BookStore,
     BookView,
+    Event,
     LastTradePrice,
     MessageError,
     OrderBook,
@@ -198,13 +199,7 @@ class _Worker:
         """Install recovery snapshots (the handler sees each as a snapshot) and note the stale assets."""
         self._store.mark_stale(stale)
         for frame in books:
-            try:
-                events = decode_frame(frame)
-            except MessageError as exc:
-                self._errors += 1
-                self._log.warning("snapshot_rejected", reason=str(exc))
-                continue
-            for event in events:
+            for event in self._decode(frame, "snapshot_rejected"):
                 if isinstance(event, BookEvent):
                     try:
                         book = self._store.rebuild(event)
@@ -219,18 +214,21 @@ class _Worker:
     def _apply_batch(self, frames: list[bytes]) -> None:
         started = time.perf_counter_ns()
         for frame in frames:
-            try:
-                events = decode_frame(frame)
-            except MessageError as exc:
-                self._errors += 1
-                self._log.warning("frame_rejected", reason=str(exc))
-                continue
-            for event in events:
+            for event in self._decode(frame, "frame_rejected"):
                 self._apply_event(event)
         self._busy_ns += time.perf_counter_ns() - started
         self._messages += len(frames)
         self._applied_seq += len(frames)
         self._last_message_ts = time.time()
+
+    def _decode(self, frame: bytes, rejected: str) -> list[Event | UnknownEvent]:
+        """The frame's events, or none (counted in errors and logged as ``rejected``) if it is malformed."""
+        try:
+            return decode_frame(frame)
+        except MessageError as exc:
+            self._errors += 1
+            self._log.warning(rejected, reason=str(exc))
+            return []
 
     def _apply_event(self, event: Any) -> None:
         if isinstance(event, UnknownEvent):
