@@ -67,6 +67,7 @@ class PoolEventKind(enum.StrEnum):
     WORKER_RECOVERED = "worker_recovered"
     BOOK_STALE = "book_stale"
     BOOK_LIVE = "book_live"
+    MEMORY_BREACH = "memory_breach"  # a worker stayed over its cap after giving memory back; detail: action
 
 
 class PoolEvent(msgspec.Struct, frozen=True, kw_only=True):
@@ -175,6 +176,8 @@ class WorkerStatus(msgspec.Struct, frozen=True, kw_only=True):
     memory_bytes: int
     last_heartbeat_age: float | None
     restarts: int
+    memory_cap_bytes: int | None = None
+    memory_ratio: float | None = None
     stale_books: int = 0
     exit_code: int | None = None
     last_exit_reason: ExitReason | None = None

@@ -21,6 +21,7 @@ _LEVELS = {
     PoolEventKind.WORKER_HUNG: "warning",
     PoolEventKind.WORKER_FAILED: "error",
     PoolEventKind.BOOK_STALE: "warning",
+    PoolEventKind.MEMORY_BREACH: "warning",
 }
 
 
@@ -52,7 +53,7 @@ class EventHub:
         if event.asset_ids is not None:
             fields["asset_ids"] = len(event.asset_ids)  # a count in the log; the listener gets the list
         level = _LEVELS.get(event.kind, "info")
-        if event.reason in (ExitReason.SHUTDOWN, ExitReason.OPERATOR):
+        if event.reason in (ExitReason.SHUTDOWN, ExitReason.OPERATOR, ExitReason.MEMORY):
             level = "info"  # an exit we asked for
         getattr(self._log, level)(event.kind.value, **fields)
         for listener in list(self._listeners):

@@ -47,6 +47,8 @@ from ._protocol import (
     Rebuild,
     Stop,
     ToWorker,
+    Trim,
+    Trimmed,
     frame_header,
     unpack_header,
 )
@@ -62,7 +64,6 @@ _MAX_BATCH_FRAMES = 1024
 
 @dataclass(eq=False)
 class _Reply:
-    asset_id: str
     done: anyio.Event = field(default_factory=anyio.Event)
     answered: bool = False
     book: BookView | None = None
@@ -102,6 +103,10 @@ class WorkerHandle:
         self.assets: set[str] = set()  # assets a `book` snapshot was routed here for
         self.stale: set[str] = set()  # of those, the ones known to be waiting for a snapshot
         self.refetch = False  # set when frames were dropped during a snapshot fetch: fetch again
+        self.standby: WorkerHandle | None = None  # a started replacement waiting to take over (recycle)
+        self.recycling = False  # being swapped for a standby: queries wait for it instead of reading stale
+        self.last_memory_exit: float | None = None  # monotonic time of the last memory recycle or restart
+        self._running = anyio.Event()
         self.restarts = 0
         self.abnormal_exits: deque[float] = deque()  # monotonic times, pruned to restart_window
         self.last_exit_reason: ExitReason | None = None
@@ -198,8 +203,10 @@ class WorkerHandle:
     def serve(self, task_group: anyio.abc.TaskGroup) -> None:
         """Run the current process's writer, reader and watcher until it exits."""
         self.state = WorkerState.RUNNING
+        self.recycling = False
         self.last_heard = time.monotonic()  # a snapshot fetch may have taken longer than heartbeat_timeout
         self.wake()  # frames requeued from the last process may be waiting
+        self._running.set()
         task_group.start_soon(self._serve_incarnation, name=f"pool-worker-{self.worker_id}")
 
     async def _serve_incarnation(self) -> None:
@@ -208,6 +215,20 @@ class WorkerHandle:
             tasks.start_soon(self._write_loop)
             tasks.start_soon(self._read_loop)
             tasks.start_soon(self._watch)
+
+    def adopt(self, standby: WorkerHandle) -> None:
+        """Take over ``standby``'s started process as this slot's current one (a recycle's swap)."""
+        self._process, self._stream, self._receiver = standby._process, standby._stream, standby._receiver
+        self.pid, self._log = standby.pid, self._base_log.bind(pid=standby.pid)
+        self.exited = anyio.Event()
+        self._kill_reason = None
+        self.stats = None
+        self.last_heard = time.monotonic()
+        standby._process = standby._stream = standby._receiver = None
+
+    async def wait_running(self) -> None:
+        """Return once the slot runs a process again, or has been given up."""
+        await self._running.wait()
 
     def request_stop(self) -> None:
         """Queue `Stop` behind everything already queued; the worker drains, reports and exits 0."""
@@ -263,6 +284,7 @@ class WorkerHandle:
     def fail(self, error: BrokenWorkerError) -> None:
         """Give the slot up: every call waiting on it, now or later, raises ``error``."""
         self.broken = error
+        self._running.set()
         self._notify_progress()
         for reply in self._replies.values():
             reply.done.set()
@@ -302,15 +324,23 @@ class WorkerHandle:
         Raises:
             BrokenWorkerError: the slot was given up before it answered.
         """
+        reply = await self._request(lambda request_id: GetBook(request_id, asset_id))
+        return reply.book
+
+    async def trim(self) -> None:
+        """Ask the worker to give memory back; returns once it has (behind everything queued before)."""
+        await self._request(Trim)
+
+    async def _request(self, make: Callable[[int], GetBook | Trim]) -> _Reply:
         self.check_alive()
         self._next_request += 1
-        reply = self._replies[self._next_request] = _Reply(asset_id)
-        self.enqueue_control(GetBook(self._next_request, asset_id))
+        reply = self._replies[self._next_request] = _Reply()
+        self.enqueue_control(make(self._next_request))
         await reply.done.wait()
         if not reply.answered:
             assert self.broken is not None
             raise self.broken
-        return reply.book
+        return reply
 
     def check_alive(self) -> None:
         """Raise the slot's `BrokenWorkerError` if it has been given up."""
@@ -402,22 +432,27 @@ class WorkerHandle:
                         self._trim_inflight()
                         self._notify_progress()
                     case BookReply(request_id, book):
-                        reply = self._replies.pop(request_id, None)
-                        if reply is not None:
-                            reply.book = book
-                            reply.answered = True
-                            reply.done.set()
-                        self._trim_inflight()
+                        self._answer(request_id, book)
+                    case Trimmed(request_id):
+                        self._answer(request_id, None)
                     case Ready() | Fatal():
                         self._log.warning("worker_unexpected_message", message=type(message).__name__)
         except (anyio.EndOfStream, anyio.IncompleteRead, anyio.BrokenResourceError, anyio.ClosedResourceError):
             return  # the worker is gone; the watcher reports it
 
+    def _answer(self, request_id: int, book: BookView | None) -> None:
+        reply = self._replies.pop(request_id, None)
+        if reply is not None:
+            reply.book = book
+            reply.answered = True
+            reply.done.set()
+        self._trim_inflight()
+
     def _trim_inflight(self) -> None:
         inflight = self._inflight
         while inflight:
             head = inflight[0]
-            if isinstance(head.message, GetBook):
+            if isinstance(head.message, GetBook | Trim):
                 if head.message.request_id in self._replies:
                     return
             elif isinstance(head.message, Batch) and head.end_seq > self._acked:
@@ -454,6 +489,7 @@ class WorkerHandle:
             )
         else:
             self.state = WorkerState.RECOVERING  # the supervisor restarts it or gives the slot up
+            self._running = anyio.Event()
         self._emit(
             PoolEvent(
                 kind=PoolEventKind.WORKER_EXITED,
@@ -488,7 +524,7 @@ class WorkerHandle:
                         items[-1][0].extend(frames)
                     else:
                         items.append((list(frames), None))
-                case GetBook():
+                case GetBook() | Trim():
                     items.append(([], sent.message))
                 case _:
                     pass  # a Rebuild: the next recovery fetches a fresh one; an old one would undo newer frames

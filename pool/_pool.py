@@ -53,7 +53,6 @@ from typing import Any, Self, TypeAlias, TypeVar
 
 import anyio
 import msgspec
-import psutil
 import structlog
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
@@ -62,7 +61,6 @@ from models import (
     BookView,
     Event,
     ExitReason,
-    MemoryStatus,
     MessageError,
     PoolConfig,
     PoolEvent,
@@ -76,10 +74,12 @@ from models import (
     WorkerStatus,
     decode_frame,
 )
+from monitors import MemoryInfo, MemoryMonitor
 
 from ._events import EventHub, Listener
 from ._exceptions import PoolClosedError, PoolTimeoutError, UnknownAssetError, WorkerStartupError
 from ._handle import WorkerHandle
+from ._memory_watch import MemoryWatch, memory_status
 from ._routing import Router
 from ._snapshots import SnapshotSource, as_snapshot_source
 from ._supervisor import ResyncCallback, Supervisor
@@ -177,7 +177,9 @@ class PersistentWorkerPool:
         self._rejected = 0
         self._unroutable = 0
         self._started_at: float | None = None
-        self._memory = _sample_memory(config.memory_threshold)
+        self.memory_monitor = MemoryMonitor.from_config(config)
+        self._memory_watch: MemoryWatch | None = None
+        self._initial_memory = memory_status(self.memory_monitor.sample_system())
         self._rate_samples: deque[tuple[float, int]] = deque(maxlen=_RATE_WINDOW_SAMPLES)
         self._log = _log.bind(pool_id=id(self))
         self._events = EventHub(self._log)
@@ -302,7 +304,8 @@ class PersistentWorkerPool:
     def get_status(self) -> PoolStatus:
         """The pool at a glance, from state the parent already holds: never waits on a worker."""
         now = time.monotonic()
-        workers = {handle.worker_id: _worker_status(handle, now) for handle in self._handles}
+        samples = self._memory_watch.samples if self._memory_watch is not None else {}
+        workers = {h.worker_id: _worker_status(h, now, samples.get(h.worker_id)) for h in self._handles}
         applied = sum(handle.applied for handle in self._handles)
         state = self._state
         if state is PoolState.RUNNING and any(handle.state is not WorkerState.RUNNING for handle in self._handles):
@@ -313,7 +316,7 @@ class PersistentWorkerPool:
             worker_count=self.config.worker_count,
             alive_workers=self.get_alive_count(),
             workers=workers,
-            memory=self._memory,
+            memory=self._memory_watch.memory if self._memory_watch is not None else self._initial_memory,
             messages_published=self._published,
             messages_applied=applied,
             messages_per_second=self._rate(),
@@ -452,7 +455,16 @@ class PersistentWorkerPool:
                     self._log,
                 )
                 self._supervisor.start(task_group)
-                task_group.start_soon(self._sample_loop, name="pool-sampler")
+                self._memory_watch = MemoryWatch(
+                    self.config,
+                    self.memory_monitor,
+                    self._handles,
+                    self._supervisor,
+                    self._record_rate,
+                    self._events,
+                    self._log,
+                )
+                task_group.start_soon(self._memory_watch.run, task_group, name="pool-memory")
                 self._state = PoolState.RUNNING
                 self._started_at = time.monotonic()
                 self._log.info(
@@ -517,8 +529,10 @@ class PersistentWorkerPool:
 
     async def _reap_all(self) -> None:
         for handle in self._handles:
-            await handle.kill()
-            await handle.close()
+            for process in (handle, handle.standby):  # a recycle's replacement may not have taken over yet
+                if process is not None:
+                    await process.kill()
+                    await process.close()
 
     async def _request_stop(self) -> None:
         if self._stop_requested is not None:
@@ -531,11 +545,8 @@ class PersistentWorkerPool:
         await self._request_stop()
         await self._stopped.wait()
 
-    async def _sample_loop(self) -> None:
-        while True:
-            self._memory = _sample_memory(self.config.memory_threshold)
-            self._rate_samples.append((time.monotonic(), sum(h.applied for h in self._handles)))
-            await anyio.sleep(self.config.memory_check_interval)
+    def _record_rate(self) -> None:
+        self._rate_samples.append((time.monotonic(), sum(h.applied for h in self._handles)))
 
     def _rate(self) -> float:
         if len(self._rate_samples) < 2:
@@ -701,7 +712,7 @@ class PersistentWorkerPool:
         if not isinstance(asset_id, str):
             raise TypeError(f"asset_id must be a str, got {type(asset_id).__name__}")
         handle = self._handles[self._route[asset_id]]
-        if handle.state is WorkerState.RECOVERING and asset_id in handle.assets:
+        if handle.state is WorkerState.RECOVERING and not handle.recycling and asset_id in handle.assets:
             return BookView.stale_placeholder(asset_id)  # being rebuilt: say so rather than wait
         with anyio.move_on_after(timeout) as scope:
             book = await handle.get_book(asset_id)
@@ -749,19 +760,10 @@ def _check_handler_factory(factory: HandlerFactory | str | None) -> None:
         ) from exc
 
 
-def _sample_memory(threshold: float) -> MemoryStatus:
-    memory = psutil.virtual_memory()
-    return MemoryStatus(
-        usage_percent=memory.percent,
-        available_bytes=memory.available,
-        total_bytes=memory.total,
-        threshold=threshold,
-        pressure=memory.percent >= threshold * 100,
-    )
-
-
-def _worker_status(handle: WorkerHandle, now: float) -> WorkerStatus:
+def _worker_status(handle: WorkerHandle, now: float, memory: MemoryInfo | None) -> WorkerStatus:
     stats = handle.stats
+    if memory is not None and memory.pid != handle.pid:
+        memory = None  # a sample of a process that has since been replaced
     recovering = handle.state is WorkerState.RECOVERING
     return WorkerStatus(
         worker_id=handle.worker_id,
@@ -771,7 +773,9 @@ def _worker_status(handle: WorkerHandle, now: float) -> WorkerStatus:
         messages=stats.messages_processed if stats else 0,
         errors=stats.errors if stats else 0,
         pending=handle.pending,
-        memory_bytes=stats.memory_usage_bytes if stats else 0,
+        memory_bytes=memory.bytes_used if memory else (stats.memory_usage_bytes if stats else 0),
+        memory_cap_bytes=memory.cap_bytes if memory else None,
+        memory_ratio=memory.ratio if memory else None,
         last_heartbeat_age=now - handle.last_heard if handle.pid is not None else None,
         restarts=handle.restarts,
         stale_books=len(handle.assets) if recovering else len(handle.stale) or (stats.stale_books if stats else 0),

@@ -26,6 +26,8 @@ __all__ = [
     "Rebuild",
     "Stop",
     "ToWorker",
+    "Trim",
+    "Trimmed",
     "frame_header",
     "unpack_header",
 ]
@@ -47,6 +49,12 @@ class GetBook(msgspec.Struct, tag=True, array_like=True):
     asset_id: str
 
 
+class Trim(msgspec.Struct, tag=True, array_like=True):
+    """Give memory back (garbage collection, then ``malloc_trim``); answered by `Trimmed`."""
+
+    request_id: int
+
+
 class Rebuild(msgspec.Struct, tag=True, array_like=True):
     """Recovery of a replacement worker: install ``books`` (`book` frames from the snapshot source) and
     mark ``stale`` the assets that have none; sent ahead of the frames the dead worker had not applied."""
@@ -59,7 +67,7 @@ class Stop(msgspec.Struct, tag=True, array_like=True):
     """Finish what was sent before, report final stats, and exit 0."""
 
 
-ToWorker = Batch | GetBook | Rebuild | Stop
+ToWorker = Batch | GetBook | Trim | Rebuild | Stop
 
 
 class Ready(msgspec.Struct, tag=True, array_like=True):
@@ -81,13 +89,19 @@ class BookReply(msgspec.Struct, tag=True, array_like=True):
     book: BookView | None
 
 
+class Trimmed(msgspec.Struct, tag=True, array_like=True):
+    """The answer to `Trim`, sent after the memory has been given back."""
+
+    request_id: int
+
+
 class Fatal(msgspec.Struct, tag=True, array_like=True):
     """The worker cannot go on (its handler factory failed); ``error`` is the formatted traceback."""
 
     error: str
 
 
-FromWorker = Ready | Progress | BookReply | Fatal
+FromWorker = Ready | Progress | BookReply | Trimmed | Fatal
 
 
 def frame_header(payload_size: int) -> bytes:

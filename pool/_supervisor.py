@@ -117,6 +117,13 @@ class Supervisor:
     async def _restart(self, handle: WorkerHandle) -> bool:
         """Bring a dead slot back; False when it has been given up (or the pool is stopping)."""
         reason = handle.last_exit_reason
+        if reason is ExitReason.MEMORY:
+            # A memory recycle spends restart budget only when it repeats abnormally fast: within one
+            # restart_window of the previous one (a worker that outgrows its cap that quickly is broken).
+            now, previous = time.monotonic(), handle.last_memory_exit
+            handle.last_memory_exit = now
+            if previous is not None and now - previous < self._config.restart_window:
+                handle.abnormal_exits.append(now)
         while True:
             if reason in _ABNORMAL:
                 handle.abnormal_exits.append(time.monotonic())
@@ -127,6 +134,10 @@ class Supervisor:
             if self.stopping:
                 return False
             begun = time.monotonic()
+            standby, handle.standby = handle.standby, None
+            if standby is not None:
+                handle.adopt(standby)  # a recycle: the replacement is already running
+                break
             try:
                 await handle.spawn(self._context, self._config.worker_count, self._handler_factory)
                 await handle.handshake()
@@ -148,6 +159,25 @@ class Supervisor:
             detail=f"running again {time.monotonic() - begun:.3f} s after the replacement was started",
         )
         return True
+
+    async def recycle(self, handle: WorkerHandle) -> None:
+        """Replace a running worker with no gap: start and handshake the replacement first, then swap."""
+        standby = WorkerHandle(handle.worker_id, self._config, self._log, self._events.emit)
+        try:
+            await standby.spawn(self._context, self._config.worker_count, self._handler_factory)
+            await standby.handshake()
+        except WorkerStartupError as exc:
+            self._log.warning("worker_recycle_fell_back_to_restart", worker_id=handle.worker_id, error=str(exc))
+        else:
+            handle.standby = standby
+            handle.recycling = True
+        exited = handle.exited
+        handle.kill_for(ExitReason.MEMORY)
+        await exited.wait()
+
+    async def wait_running(self, handle: WorkerHandle) -> None:
+        """Return once ``handle`` runs a process again (or has been given up)."""
+        await handle.wait_running()
 
     def _within_budget(self, handle: WorkerHandle) -> bool:
         horizon = time.monotonic() - self._config.restart_window

@@ -8,7 +8,9 @@ Ctrl-C reaches the whole process group) and exits on `Stop`, on the channel's EO
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import gc
 import importlib
 import logging
 import os
@@ -40,7 +42,7 @@ from models import (
     decode_frame,
 )
 
-from ._protocol import Batch, BookReply, Fatal, GetBook, Progress, Ready, Rebuild, Stop, ToWorker
+from ._protocol import Batch, BookReply, Fatal, GetBook, Progress, Ready, Rebuild, Stop, ToWorker, Trim, Trimmed
 from ._routing import Router
 
 __all__ = ["HandlerFactory", "resolve_factory", "worker_main"]
@@ -108,6 +110,14 @@ def worker_main(
         raise SystemExit(1) from None
     conn.send_bytes(encoder.encode(Ready(os.getpid())))
     worker.run()
+
+
+def _give_memory_back() -> None:
+    """Collect garbage, then ask glibc to return free heap pages to the system (no-op elsewhere)."""
+    gc.collect()
+    if sys.platform == "linux":
+        with contextlib.suppress(OSError, AttributeError):  # not glibc (musl has no malloc_trim)
+            ctypes.CDLL(None).malloc_trim(0)
 
 
 def _die_with_parent() -> None:
@@ -179,6 +189,11 @@ class _Worker:
                     self._report()
                 case GetBook(request_id, asset_id):
                     conn.send_bytes(self._encoder.encode(BookReply(request_id, self._view(asset_id))))
+                case Trim(request_id):
+                    _give_memory_back()
+                    self._last_sample = 0.0  # the next report re-reads RSS
+                    self._report()
+                    conn.send_bytes(self._encoder.encode(Trimmed(request_id)))
                 case Rebuild(books, stale):
                     self._rebuild(books, stale)
                     self._report()

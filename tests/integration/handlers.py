@@ -84,3 +84,18 @@ class CrashingHandler:
 
 def crashing_handler(target_worker: int, worker_id: int) -> CrashingHandler | None:
     return CrashingHandler() if worker_id == target_worker else None
+
+
+class MemoryHog:
+    """Keeps ``chunk_kb`` KB more alive on every price change it sees (in the chosen worker only)."""
+
+    def __init__(self, chunk_kb: int) -> None:
+        self._chunk = chunk_kb * 1024
+        self._kept: list[bytearray] = []
+
+    def on_price_change(self, book: Any, event: Any) -> None:
+        self._kept.append(bytearray(b"x" * self._chunk))  # written, so the pages are really resident
+
+
+def memory_hog(target_worker: int, chunk_kb: int, worker_id: int) -> MemoryHog | None:
+    return MemoryHog(chunk_kb) if worker_id == target_worker else None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.performance import bench_recovery, bench_throughput
+from tests.performance import bench_memory, bench_recovery, bench_throughput
 
 
 @pytest.mark.timeout(120)
@@ -25,3 +25,12 @@ def test_recovery_benchmark_runs(capsys: pytest.CaptureFixture[str]) -> None:
     assert 0 < results["detection_median_ms"] <= results["detection_max_ms"]
     assert 0 < results["recovery_median_s"] <= results["recovery_max_s"] and results["cold_start_s"] > 0
     assert "books live again" in capsys.readouterr().out
+
+
+@pytest.mark.timeout(120)
+def test_memory_benchmark_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    """The pool and the dict baseline are both measured, and the sample cost is reported."""
+    results = bench_memory.main(["--books", "200"])
+    assert results["pool_mb_per_1000_at_200"] > 0 and results["baseline_mb_per_1000_at_200"] > 0
+    assert results["uss_sample_ms"] > 0 and results["rss_sample_ms"] > 0
+    assert "| 200 | 98 |" in capsys.readouterr().out

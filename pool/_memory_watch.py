@@ -1,0 +1,133 @@
+"""The pool's memory loop: sample workers and the system, and act on a worker that breaches its cap.
+
+Every ``memory_check_interval`` the `monitors.MemoryMonitor` samples each running worker (USS against its
+cap) and the system (used fraction against ``memory_threshold``), firing the user's callbacks. A worker
+at or above its cap is handled one at a time:
+
+1. it is asked to give memory back (``gc.collect()`` and glibc's ``malloc_trim``) and sampled again, so a
+   passing spike or freeable garbage never costs a restart;
+2. if the breach survives, ``memory_policy`` decides: ``callback`` only reports it; ``restart`` kills the
+   worker and rebuilds its books in a replacement; ``recycle`` (the default) first starts and handshakes
+   the replacement, then swaps it in, so the slot is without a process only for the snapshot fetch and
+   no query is answered from a missing book (queries wait for the replacement).
+
+Under system pressure (used memory at or above ``memory_threshold``) the pool does not start an extra
+process: a ``recycle`` becomes a ``restart``, which frees the old worker's memory before the new one
+grows. Actions never run in parallel.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+import anyio.abc
+
+from models import ExitReason, MemoryStatus, PoolConfig, PoolEvent, PoolEventKind, WorkerState
+from monitors import MemoryInfo, MemoryMonitor, SystemMemoryInfo
+
+from ._events import EventHub
+from ._handle import WorkerHandle
+from ._supervisor import Supervisor
+
+__all__ = ["MemoryWatch", "memory_status"]
+
+# How long a worker may take to answer a request to give memory back (it answers behind what it was
+# already sent). Past it the breach is acted on without the second sample.
+_TRIM_TIMEOUT = 5.0
+_MB = 1024 * 1024
+
+
+def memory_status(system: SystemMemoryInfo) -> MemoryStatus:
+    """The ``memory`` section of `PoolStatus` from a system sample."""
+    return MemoryStatus(
+        usage_percent=system.ratio * 100,
+        available_bytes=system.available_bytes,
+        total_bytes=system.total_bytes,
+        threshold=system.threshold_ratio,
+        pressure=system.ratio >= system.threshold_ratio,
+    )
+
+
+class MemoryWatch:
+    """Runs the memory loop for a pool. ``memory`` and ``samples`` feed `get_status`."""
+
+    def __init__(
+        self,
+        config: PoolConfig,
+        monitor: MemoryMonitor,
+        handles: list[WorkerHandle],
+        supervisor: Supervisor,
+        on_sample: Callable[[], None],
+        events: EventHub,
+        log: Any,
+    ) -> None:
+        self._config = config
+        self._monitor = monitor
+        self._handles = handles
+        self._supervisor = supervisor
+        self._on_sample = on_sample
+        self._events = events
+        self._log = log
+        self._acting = False
+        self.memory = memory_status(monitor.sample_system())
+        self.samples: dict[int, MemoryInfo] = {}
+        self.actions: deque[tuple[int, str]] = deque(maxlen=100)  # (worker id, action) taken, newest last
+
+    async def run(self, task_group: anyio.abc.TaskGroup) -> None:
+        while True:
+            self.memory = memory_status(await self._monitor.check_system())
+            targets = [
+                (h.worker_id, h.pid, h.stats.orderbook_count if h.stats else 0)
+                for h in self._handles
+                if h.state is WorkerState.RUNNING and h.pid is not None
+            ]
+            for info in await self._monitor.check_workers(targets):
+                self.samples[info.worker_id] = info
+                if info.ratio >= 1.0 and not self._acting:
+                    self._acting = True
+                    task_group.start_soon(self._relieve, self._handles[info.worker_id], info)
+            self._on_sample()
+            await anyio.sleep(self._config.memory_check_interval)
+
+    async def _relieve(self, handle: WorkerHandle, info: MemoryInfo) -> None:
+        try:
+            with anyio.move_on_after(_TRIM_TIMEOUT):
+                await handle.trim()
+            again = self._monitor.sample(handle.worker_id, info.pid, info.books)
+            if again is None or again.pid != handle.pid:
+                return  # it exited meanwhile; the supervisor has it
+            if again.ratio < 1.0:
+                self._log.info(
+                    "memory_given_back", worker_id=handle.worker_id, before=info.bytes_used, after=again.bytes_used
+                )
+                return
+            policy = self._config.memory_policy
+            pressure = self.memory is not None and self.memory.pressure
+            action = {"callback": "reported", "restart": "restart"}.get(policy, "restart" if pressure else "recycle")
+            self.actions.append((handle.worker_id, action))
+            why = " (recycle refused: system memory pressure)" if policy == "recycle" and pressure else ""
+            self._events.emit(
+                PoolEvent(
+                    kind=PoolEventKind.MEMORY_BREACH,
+                    worker_id=handle.worker_id,
+                    pid=handle.pid,
+                    detail=(
+                        f"{again.bytes_used / _MB:.1f} MB private against a cap of {again.cap_bytes / _MB:.1f} MB "
+                        f"({again.books} books) after giving memory back; action: {action}{why}"
+                    ),
+                )
+            )
+            if action == "reported":
+                return
+            if action == "recycle":
+                await self._supervisor.recycle(handle)
+            else:
+                exited = handle.exited
+                handle.kill_for(ExitReason.MEMORY)
+                await exited.wait()
+            await self._supervisor.wait_running(handle)
+        finally:
+            self._acting = False
