@@ -105,6 +105,7 @@ class WorkerHandle:
         self.refetch = False  # set when frames were dropped during a snapshot fetch: fetch again
         self.standby: WorkerHandle | None = None  # a started replacement waiting to take over (recycle)
         self.recycling = False  # being swapped for a standby: queries wait for it instead of reading stale
+        self.holding = False  # send nothing more to the current process (it is about to be replaced)
         self.last_memory_exit: float | None = None  # monotonic time of the last memory recycle or restart
         self._running = anyio.Event()
         self.restarts = 0
@@ -203,7 +204,7 @@ class WorkerHandle:
     def serve(self, task_group: anyio.abc.TaskGroup) -> None:
         """Run the current process's writer, reader and watcher until it exits."""
         self.state = WorkerState.RUNNING
-        self.recycling = False
+        self.recycling = self.holding = False
         self.last_heard = time.monotonic()  # a snapshot fetch may have taken longer than heartbeat_timeout
         self.wake()  # frames requeued from the last process may be waiting
         self._running.set()
@@ -384,7 +385,7 @@ class WorkerHandle:
                 if generation != self._generation:
                     return
                 self._wake = anyio.Event()
-                while (self._queue or self.frames) and generation == self._generation:
+                while (self._queue or self.frames) and generation == self._generation and not self.holding:
                     if self._queue:
                         frames, control = self._queue.popleft()
                     else:

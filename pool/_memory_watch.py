@@ -8,8 +8,9 @@ at or above its cap is handled one at a time:
    passing spike or freeable garbage never costs a restart;
 2. if the breach survives, ``memory_policy`` decides: ``callback`` only reports it; ``restart`` kills the
    worker and rebuilds its books in a replacement; ``recycle`` (the default) first starts and handshakes
-   the replacement, then swaps it in, so the slot is without a process only for the snapshot fetch and
-   no query is answered from a missing book (queries wait for the replacement).
+   the replacement (sending the old worker nothing more meanwhile, so work cannot grow it), then swaps it
+   in, so the slot is without a process only for the snapshot fetch and no query is answered from a
+   missing book (queries wait for the replacement).
 
 Under system pressure (used memory at or above ``memory_threshold``) the pool does not start an extra
 process: a ``recycle`` becomes a ``restart``, which frees the old worker's memory before the new one

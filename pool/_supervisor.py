@@ -161,7 +161,12 @@ class Supervisor:
         return True
 
     async def recycle(self, handle: WorkerHandle) -> None:
-        """Replace a running worker with no gap: start and handshake the replacement first, then swap."""
+        """Replace a running worker with no gap: start and handshake the replacement first, then swap.
+
+        The old worker is sent nothing more meanwhile (its frames wait in the slot's queue for the
+        replacement), so work cannot grow it further while the replacement starts.
+        """
+        handle.holding = True
         standby = WorkerHandle(handle.worker_id, self._config, self._log, self._events.emit)
         try:
             await standby.spawn(self._context, self._config.worker_count, self._handler_factory)
