@@ -5,8 +5,8 @@ Which figure: USS, the memory private to the process, is what a worker really co
 would free. RSS also counts pages a worker shares with other processes (about 12 MB of interpreter and
 libraries for a spawned worker here), so a cap on RSS would fire on memory that is not the worker's.
 PSS splits those shared pages and is in between. USS and PSS come from one read of
-``/proc/<pid>/smaps_rollup`` (``psutil.Process.memory_full_info``): about 0.3 ms per worker on the
-development VM, against about 0.015 ms for RSS. At the default one sample per second per worker that is
+``/proc/<pid>/smaps_rollup`` (``psutil.Process.memory_full_info``): 0.26 to 0.55 ms per worker on the
+development VM, against 0.01 to 0.015 ms for RSS. At the default one sample per second per worker that is
 well under 0.1% of a core, so the monitor pays for the right figure.
 
 This module observes pids and numbers it is handed; it never touches a process. What to do about a breach
