@@ -129,6 +129,6 @@ class MemoryWatch:
                 exited = handle.exited
                 handle.kill_for(ExitReason.MEMORY)
                 await exited.wait()
-            await self._supervisor.wait_running(handle)
+            await handle.wait_running()
         finally:
             self._acting = False

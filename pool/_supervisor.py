@@ -180,10 +180,6 @@ class Supervisor:
         handle.kill_for(ExitReason.MEMORY)
         await exited.wait()
 
-    async def wait_running(self, handle: WorkerHandle) -> None:
-        """Return once ``handle`` runs a process again (or has been given up)."""
-        await handle.wait_running()
-
     def _within_budget(self, handle: WorkerHandle) -> bool:
         horizon = time.monotonic() - self._config.restart_window
         while handle.abnormal_exits and handle.abnormal_exits[0] < horizon:
