@@ -160,6 +160,7 @@ class WorkerHandle:
             process.start()
         except BaseException:
             parent_sock.close()
+            self._process = None  # never started: nothing to kill or reap
             raise
         finally:
             child_sock.close()  # the child has its own copy; ours would hide the child's exit from the reader
