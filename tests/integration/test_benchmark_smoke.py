@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import structlog
 
 from tests.performance import __main__ as suite
 from tests.performance import bench_throughput
@@ -13,10 +14,14 @@ from tests.performance import bench_throughput
 @pytest.mark.timeout(300)
 def test_suite_runs_and_writes_its_report(tmp_path: Path) -> None:
     """Every benchmark runs, prints its table, and the report names the machine and the commit."""
-    report = suite.main(["--smoke", "--output", str(tmp_path / "performance.md")]).read_text()
+    try:
+        report = suite.main(["--smoke", "--output", str(tmp_path / "performance.md")]).read_text()
+    finally:
+        structlog.reset_defaults()  # the suite configures logging for itself, as an application does
     for section in ("## throughput", "## latency", "## memory", "## recovery", "## lifecycle"):
         assert section in report
     assert "smoke configuration" in report and "Commit: `" in report
+    assert "pool_started" not in report  # log lines go to stderr, not into the report
     assert "| pool (this library) | 2 |" in report and "pool / queue design:" in report
     assert "books live again" in report and "| 100 | 98 |" in report
     assert "left after the cycles: children, fds, threads, RSS growth | 0, 0, 0," in report

@@ -14,10 +14,13 @@ import io
 import os
 import platform
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import structlog
 
 from tests.performance import bench_latency, bench_lifecycle, bench_memory, bench_recovery, bench_throughput
 
@@ -83,6 +86,8 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--smoke", action="store_true", help="a tiny configuration that proves the suite runs")
     parser.add_argument("--output", type=Path, default=Path("docs/performance.md"))
     args = parser.parse_args(argv)
+    # The pool's log lines go to stderr, so that stdout (and the report) holds only the tables.
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
     report = run(args.smoke)
     args.output.write_text(report)
     print(f"\nwritten to {args.output}")
