@@ -66,7 +66,7 @@ def run(smoke: bool) -> str:
         began = time.perf_counter()
         with contextlib.redirect_stdout(printed):
             runner(argv)
-        text = printed.getvalue().strip()
+        text = _as_markdown(printed.getvalue().strip())
         print(f"\n## {title}\n\n{text}", flush=True)
         sections.append(f"## {title}\n\n`{' '.join(argv)}`, {time.perf_counter() - began:.0f} s\n\n{text}\n")
     header = (
@@ -79,6 +79,18 @@ def run(smoke: bool) -> str:
         "their docstrings (in `tests/performance/`) say exactly what is measured.\n"
     )
     return header + "\n" + "\n".join(sections)
+
+
+def _as_markdown(text: str) -> str:
+    """The benchmarks' ``# note`` lines become list items (not headings), set apart from their table."""
+    lines: list[str] = []
+    for line in text.splitlines():
+        if line.startswith("# "):
+            line = "- " + line[2:]
+        elif line.startswith("|") and lines and lines[-1].startswith("- "):
+            lines.append("")
+        lines.append(line)
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> Path:
