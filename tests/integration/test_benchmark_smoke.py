@@ -24,7 +24,9 @@ def test_suite_runs_and_writes_its_report(tmp_path: Path) -> None:
     assert "pool_started" not in report  # log lines go to stderr, not into the report
     assert "| pool (this library) | 2 |" in report and "pool / queue design:" in report
     assert "books live again" in report and "| 100 | 98 |" in report
-    assert "left after the cycles: children, fds, threads, RSS growth | 0, 0, 0," in report
+    leftovers = report.split("left after the cycles: children, fds, threads, RSS growth | ")[1].split(",")[:3]
+    children, fds, threads = (int(value) for value in leftovers)
+    assert children == 0 and fds <= 0 and threads <= 0  # fewer than before is fine (a helper thread retired)
 
 
 @pytest.mark.timeout(120)
