@@ -325,7 +325,7 @@ class BookStore:
             if self._mine(asset_id):
                 self.skipped += 1
             return None
-        return book if self._current(book, timestamp) else None
+        return book if book.floor is None or self._current(book, timestamp) else None
 
     def _current(self, book: OrderBook, timestamp: int | None) -> bool:
         floor = book.floor

@@ -97,6 +97,9 @@ class WorkerHandle:
         # The slot: survives restarts.
         self.published = 0  # frames queued for this slot, ever
         self.seq_base = 0  # frames finished by earlier processes, or dropped while recovering
+        # seq_base + frames the current process has applied. A plain attribute, kept in step by the three
+        # places that change its parts, because publish reads it for every frame.
+        self.applied = 0
         self.frames: list[bytes] = []  # queued, not yet handed to the writer; appended to by publish
         self._queue: deque[tuple[list[bytes], ToWorker | None]] = deque()
         self._inflight: deque[_Sent] = deque()
@@ -300,11 +303,6 @@ class WorkerHandle:
             self._wake.set()
 
     @property
-    def applied(self) -> int:
-        """Frames of this slot that are applied (or were dropped while recovering)."""
-        return self.seq_base + self._acked
-
-    @property
     def pending(self) -> int:
         """Frames queued or in flight that the worker has not yet applied."""
         return self.published - self.applied
@@ -374,6 +372,7 @@ class WorkerHandle:
         self._queue = deque(([], control) for _, control in self._queue if control is not None)
         self.frames = []
         self.seq_base += dropped
+        self.applied = self.seq_base + self._acked
         self._notify_progress()
         return dropped
 
@@ -431,6 +430,7 @@ class WorkerHandle:
                     case Progress(stats):
                         self.stats = stats
                         self._acked = stats.applied_seq
+                        self.applied = self.seq_base + self._acked
                         self._trim_inflight()
                         self._notify_progress()
                     case BookReply(request_id, book):
@@ -518,6 +518,7 @@ class WorkerHandle:
         """Move what the dead process had not finished back to the front of the queue, in order."""
         self.seq_base += self._acked
         self._acked = self._sent_seq = 0
+        self.applied = self.seq_base
         items: list[tuple[list[bytes], ToWorker | None]] = []
         for sent in self._inflight:
             match sent.message:

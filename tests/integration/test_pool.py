@@ -155,7 +155,7 @@ class TestBooksAreExact:
         with PersistentWorkerPool(config()) as pool:
             pool.publish(snapshots)
             pool.publish(mixed)
-            pool.flush(timeout=30)
+            pool.wait_for_completion(timeout=30)  # the old name of flush
             status = pool.get_status()
             assert status.frames_rejected == len(bad)
             assert status.frames_unroutable == len(ignorable)
