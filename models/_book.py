@@ -242,7 +242,7 @@ class BookStore:
 
     Events for an owned asset that has no book yet (no snapshot seen, e.g. the mirrored token of a binary
     market that nobody subscribed to) are skipped and counted in `skipped`: a delta without a base would
-    build a wrong book.
+    build a wrong book. Events of a type it does not apply (`UnknownEvent`) are counted in `unknown`.
     """
 
     def __init__(self, owns: Callable[[str], bool] | None = None) -> None:
@@ -250,6 +250,7 @@ class BookStore:
         self.stale: set[str] = set()
         self.skipped = 0
         self.superseded = 0
+        self.unknown = 0
         self._owns = owns
 
     def __len__(self) -> int:
@@ -284,23 +285,27 @@ class BookStore:
                     return [book]
                 return []
             case _:
+                self.unknown += 1
                 return []
 
     def _apply_price_change(self, event: PriceChange) -> list[OrderBook]:
-        price, side, size = event.price, event.side, event.size
+        asset_id, price, side, size = event.asset_id, event.price, event.side, event.size
         if (
-            price is not None
+            asset_id is not None
+            and price is not None
             and side is not None
             and size is not None
-            and event.asset_id is not None
             and event.changes is None
             and event.price_changes is None
         ):
-            # The one-level shape, most of the traffic: no lists, and nothing to roll back.
-            book = self._book_for(event.asset_id, event.timestamp)
-            if book is None:
+            # The one-level shape, most of the traffic, inlined: no lists, and nothing to roll back.
+            book = self.books.get(asset_id)
+            if book is None or (book.floor is not None and not self._current(book, event.timestamp)):
+                if book is None and self._mine(asset_id):
+                    self.skipped += 1
                 return []
-            book.set_level(side, _parse_price(price), parse_units(size), event.timestamp)
+            price_units = _price_cache.get(price) or _parse_price(price)  # a cache hit saves a call
+            book.set_level(side, price_units, parse_units(size), event.timestamp)
             return [book]
         # Parse everything first, so that a bad entry rejects the message without a half-applied book.
         updates: list[tuple[OrderBook, Side, int, int]] = []

@@ -31,13 +31,11 @@ from models import (
     BookEvent,
     BookStore,
     BookView,
-    Event,
     LastTradePrice,
     MessageError,
     OrderBook,
     PriceChange,
     TickSizeChange,
-    UnknownEvent,
     WorkerStats,
     decode_frame,
 )
@@ -169,7 +167,6 @@ class _Worker:
         self._busy_ns = 0
         self._errors = 0
         self._handler_errors = 0
-        self._unknown = 0
         self._last_message_ts: float | None = None
 
     def run(self) -> None:
@@ -214,54 +211,60 @@ class _Worker:
         """Install recovery snapshots (the handler sees each as a snapshot) and note the stale assets."""
         self._store.mark_stale(stale)
         for frame in books:
-            for event in self._decode(frame, "snapshot_rejected"):
+            try:
+                events = decode_frame(frame)
+            except MessageError as exc:
+                self._reject("snapshot_rejected", exc)
+                continue
+            for event in events:
                 if isinstance(event, BookEvent):
                     try:
                         book = self._store.rebuild(event)
                     except MessageError as exc:
-                        self._errors += 1
-                        self._log.warning("snapshot_rejected", asset_id=event.asset_id, reason=str(exc))
+                        self._reject("snapshot_rejected", exc, asset_id=event.asset_id)
                         continue
                     self._snapshots += 1
                     self._call_handler(event, [book])
         self._log.info("worker_rebuilt", books=len(books), stale=len(stale))
 
     def _apply_batch(self, frames: list[bytes]) -> None:
+        """Decode and apply every frame of a batch, in order: the worker's hot loop, kept flat on purpose.
+
+        About 90% of frames are one-level price changes costing a few microseconds each, so a helper call
+        per frame or per event (~0.1 us each here) is a measurable share; the rare paths stay in helpers.
+        """
         started = time.perf_counter_ns()
+        apply = self._store.apply
+        callbacks = self._callbacks
         for frame in frames:
-            for event in self._decode(frame, "frame_rejected"):
-                self._apply_event(event)
+            try:
+                events = decode_frame(frame)
+            except MessageError as exc:
+                self._reject("frame_rejected", exc)
+                continue
+            for event in events:
+                try:
+                    books = apply(event)
+                except MessageError as exc:
+                    self._reject("event_rejected", exc, event_type=type(event).__name__)
+                    continue
+                if not books:
+                    continue
+                if type(event) is BookEvent:
+                    self._snapshots += 1
+                else:
+                    self._updates += len(books)
+                if callbacks:
+                    self._call_handler(event, books)
         self._busy_ns += time.perf_counter_ns() - started
         self._messages += len(frames)
         self._applied_seq += len(frames)
         self._last_message_ts = time.time()
 
-    def _decode(self, frame: bytes, rejected: str) -> list[Event | UnknownEvent]:
-        """The frame's events, or none (counted in errors and logged as ``rejected``) if it is malformed."""
-        try:
-            return decode_frame(frame)
-        except MessageError as exc:
-            self._errors += 1
-            self._log.warning(rejected, reason=str(exc))
-            return []
-
-    def _apply_event(self, event: Any) -> None:
-        if isinstance(event, UnknownEvent):
-            self._unknown += 1
-            return
-        try:
-            books = self._store.apply(event)
-        except MessageError as exc:
-            self._errors += 1
-            self._log.warning("event_rejected", event_type=type(event).__name__, reason=str(exc))
-            return
-        if not books:
-            return
-        if isinstance(event, BookEvent):
-            self._snapshots += 1
-        else:
-            self._updates += len(books)
-        self._call_handler(event, books)
+    def _reject(self, what: str, exc: MessageError, **context: str) -> None:
+        """Count and log a malformed frame or event; the batch goes on without it."""
+        self._errors += 1
+        self._log.warning(what, reason=str(exc), **context)
 
     def _call_handler(self, event: Any, books: list[OrderBook]) -> None:
         callback = self._callbacks.get(type(event))
@@ -294,7 +297,7 @@ class _Worker:
             books_memory_bytes=self._books_bytes,
             errors=self._errors,
             handler_errors=self._handler_errors,
-            unknown_events=self._unknown,
+            unknown_events=self._store.unknown,
             skipped_updates=self._store.skipped + self._store.superseded,
             stale_books=len(self._store.stale),
             applied_seq=self._applied_seq,

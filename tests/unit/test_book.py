@@ -16,6 +16,7 @@ from models import (
     MessageError,
     OrderBook,
     PriceChange,
+    UnknownEvent,
     decode_frame,
     format_units,
     parse_units,
@@ -183,6 +184,13 @@ class TestRecordedSequences:
 
 
 class TestBookStore:
+    def test_unknown_event_types_are_counted_and_change_nothing(self) -> None:
+        store = BookStore()
+        store.apply(book_event([("0.1", "1")], []))
+        assert store.apply(UnknownEvent("best_bid_ask")) == []
+        assert store.unknown == 1 and store.skipped == 0
+        assert store.books[ASSET].bids() == [("0.1", "1")]
+
     def test_unowned_assets_are_ignored_silently(self) -> None:
         """Entries for assets another worker owns are neither applied nor counted as skipped."""
         store = BookStore(owns=lambda asset_id: asset_id == "a")
