@@ -18,12 +18,20 @@ def test_suite_runs_and_writes_its_report(tmp_path: Path) -> None:
         report = suite.main(["--smoke", "--output", str(tmp_path / "performance.md")]).read_text()
     finally:
         structlog.reset_defaults()  # the suite configures logging for itself, as an application does
-    for section in ("## throughput", "## latency", "## memory", "## recovery", "## lifecycle"):
-        assert section in report
+    sections = ("throughput", "latency", "memory", "parent memory under backlog", "recovery", "lifecycle", "soak")
+    for section in sections:
+        assert f"## {section}" in report
+    for plot in ("performance-throughput.png", "performance-latency.png"):
+        assert f"]({plot})" in report
+        assert (tmp_path / plot).read_bytes().startswith(b"\x89PNG")
     assert "smoke configuration" in report and "Commit: `" in report
     assert "pool_started" not in report  # log lines go to stderr, not into the report
     assert "| pool (this library) | 2 |" in report and "pool / queue design:" in report
     assert "books live again" in report and "| 100 | 98 |" in report
+    assert "| old design: one pickled message per Queue.put | 2,000 |" in report  # the latency baseline
+    assert "| pool (this library) | 5,000 |" in report and "| old design: unbounded Queue | 5,000 |" in report
+    assert "shard balance, share of messages per worker:" in report
+    assert "| worker 1 (USS) |" in report  # the soak samples every worker
     leftovers = report.split("left after the cycles: children, fds, threads, RSS growth | ")[1].split(",")[:3]
     children, fds, threads = (int(value) for value in leftovers)
     assert children == 0 and fds <= 0 and threads <= 0  # fewer than before is fine (a helper thread retired)

@@ -1,9 +1,10 @@
-"""The benchmark suite: ``python -m tests.performance [--smoke] [--output docs/performance.md]``.
+"""The benchmark suite: ``python -m tests.performance [--smoke] [--soak SECONDS] [--output docs/performance.md]``.
 
 Runs every benchmark of this folder, each measuring the pool and its baseline in the same run, prints
-their tables, and writes them with the machine, date and commit to ``--output``. ``--smoke`` runs a tiny
-configuration that proves the suite works (CI runs it through the test suite); the published figures come
-from the full run, which takes a few minutes here.
+their tables, and writes them with the machine, date and commit to ``--output``, with two plots beside it
+(throughput against workers, latency distribution). ``--smoke`` runs a tiny configuration that proves the
+suite works (CI runs it through the test suite); the published figures come from the full run, which
+takes about 8 minutes here. ``--soak 600`` adds the 10-minute soak (memory slope under steady load).
 """
 
 from __future__ import annotations
@@ -22,30 +23,44 @@ from typing import Any
 
 import structlog
 
-from tests.performance import bench_latency, bench_lifecycle, bench_memory, bench_recovery, bench_throughput
+from tests.performance import _plots as _plot
+from tests.performance import (
+    bench_backlog,
+    bench_latency,
+    bench_lifecycle,
+    bench_memory,
+    bench_recovery,
+    bench_soak,
+    bench_throughput,
+)
 
 _FULL: dict[str, list[str]] = {
     "throughput, 1 worker": ["--workers", "1"],
     "throughput, 2 workers": ["--workers", "2"],
     "throughput, 4 workers": ["--workers", "4"],
     "latency": ["--rates", "10000", "50000", "--seconds", "5"],
-    "memory": ["--books", "1000", "10000"],
+    "memory": ["--books", "1000", "10000", "50000"],
+    "parent memory under backlog": ["--messages", "200000", "1000000"],
     "recovery": ["--books", "1000", "--kills", "5"],
-    "lifecycle": ["--workers", "4", "--cycles", "100"],
+    "lifecycle": ["--workers", "4", "--cycles", "1000"],
 }
 _SMOKE: dict[str, list[str]] = {
     "throughput, 2 workers": ["--workers", "2", "--messages", "3000", "--books", "50", "--repeat", "1"],
     "latency": ["--rates", "2000", "--seconds", "0.5"],
     "memory": ["--books", "100"],
+    "parent memory under backlog": ["--messages", "5000"],
     "recovery": ["--books", "50", "--kills", "1"],
     "lifecycle": ["--workers", "2", "--cycles", "2"],
+    "soak": ["--seconds", "2", "--every", "0.5", "--rate", "2000"],
 }
 _RUNNERS: dict[str, Callable[[list[str]], Any]] = {
     "throughput": bench_throughput.main,
     "latency": bench_latency.main,
     "memory": bench_memory.main,
+    "parent memory under backlog": bench_backlog.main,
     "recovery": bench_recovery.main,
     "lifecycle": bench_lifecycle.main,
+    "soak": bench_soak.main,
 }
 
 
@@ -57,18 +72,23 @@ def _commit() -> str:
     return done.stdout.strip()
 
 
-def run(smoke: bool) -> str:
-    """Run the suite; return the report (markdown)."""
+def run(smoke: bool, soak_seconds: float | None, output: Path) -> str:
+    """Run the suite; write the plots beside ``output``; return the report (markdown)."""
+    plan = dict(_SMOKE if smoke else _FULL)
+    if soak_seconds and not smoke:  # the smoke plan has a soak of its own, two seconds long
+        plan["soak"] = ["--seconds", f"{soak_seconds:g}"]
     sections = []
-    for title, argv in (_SMOKE if smoke else _FULL).items():
+    results: dict[str, Any] = {}
+    for title, argv in plan.items():
         runner = _RUNNERS[title.split(",")[0]]
         printed = io.StringIO()
         began = time.perf_counter()
         with contextlib.redirect_stdout(printed):
-            runner(argv)
+            results[title] = runner(argv)
         text = _as_markdown(printed.getvalue().strip())
         print(f"\n## {title}\n\n{text}", flush=True)
         sections.append(f"## {title}\n\n`{' '.join(argv)}`, {time.perf_counter() - began:.0f} s\n\n{text}\n")
+    sections.append(_plots(results, output))
     header = (
         "# Performance\n\n"
         "Written by `python -m tests.performance`"
@@ -79,6 +99,20 @@ def run(smoke: bool) -> str:
         "their docstrings (in `tests/performance/`) say exactly what is measured.\n"
     )
     return header + "\n" + "\n".join(sections)
+
+
+def _plots(results: dict[str, Any], output: Path) -> str:
+    """Draw the plots beside the report; return the report's section that shows them."""
+    by_workers = {
+        int(title.split(", ")[1].split()[0]): figures
+        for title, figures in results.items()
+        if title.startswith("throughput, ")
+    }
+    drawn = [
+        _plot.throughput(by_workers, output.with_name(f"{output.stem}-throughput.png")),
+        _plot.latency(results["latency"], output.with_name(f"{output.stem}-latency.png")),
+    ]
+    return "## plots\n\n" + "\n".join(f"![{path.stem}]({path.name})" for path in drawn) + "\n"
 
 
 def _as_markdown(text: str) -> str:
@@ -97,10 +131,11 @@ def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--smoke", action="store_true", help="a tiny configuration that proves the suite runs")
     parser.add_argument("--output", type=Path, default=Path("docs/performance.md"))
+    parser.add_argument("--soak", type=float, metavar="SECONDS", help="add the soak benchmark, this long")
     args = parser.parse_args(argv)
     # The pool's log lines go to stderr, so that stdout (and the report) holds only the tables.
     structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
-    report = run(args.smoke)
+    report = run(args.smoke, args.soak, args.output)
     args.output.write_text(report)
     print(f"\nwritten to {args.output}")
     return Path(args.output)

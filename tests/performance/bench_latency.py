@@ -3,14 +3,19 @@
     python -m tests.performance.bench_latency [--rates 10000 50000] [--seconds 5]
 
 Each frame's ``timestamp`` carries the system-wide monotonic clock (microseconds) read just before it is
-published; a handler in the worker, called right after the frame is applied, records the difference.
-Frames are published as they fall due, every millisecond, under ``async with`` (no thread hop).
+published; the worker, right after applying the frame, records the difference. Frames are published as
+they fall due, every millisecond. Two designs, on the same frames at the same rate, in the same run:
+
+* ``pool``: this library under ``async with`` (no thread hop); a handler records the latency;
+* ``queue``: the old WorkerManager design (decode in the parent, one pickled message per
+  ``multiprocessing.Queue.put``); its worker records the latency after applying to dict books.
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import multiprocessing
 import statistics
 import tempfile
 import time
@@ -22,7 +27,12 @@ import anyio
 import msgspec
 
 from pool import PersistentWorkerPool, PoolConfig
+from pool._routing import slot_for
 from pool._synthetic import SyntheticMarket
+from tests.performance.bench_throughput import _apply_decoded
+
+_SYNC = "sync"  # a message the old design's worker answers once it has applied everything before it
+_NAMES = {"pool": "pool (this library)", "queue": "old design: one pickled message per Queue.put"}
 
 # Latencies are written out in blocks of this many, so the handler's own cost stays negligible (a block
 # still in the handler when the worker stops is not counted: at most this many per worker).
@@ -48,37 +58,92 @@ def recorder(directory: str, worker_id: int) -> LatencyRecorder:
     return LatencyRecorder(directory, worker_id)
 
 
+def _stamped(asset_ids: list[str], first: int, count: int) -> list[bytes]:
+    """``count`` one-level price changes, each stamped with the monotonic clock in microseconds."""
+    return [
+        msgspec.json.encode(
+            {
+                "event_type": "price_change",
+                "asset_id": asset_ids[index % len(asset_ids)],
+                "market": "m",
+                "price": "0.5",
+                "side": "BUY",
+                "size": str(index % 1000 + 1),
+                "timestamp": time.monotonic_ns() // 1000,
+            }
+        )
+        for index in range(first, first + count)
+    ]
+
+
 async def _offer(pool: PersistentWorkerPool, market: SyntheticMarket, rate: float, seconds: float) -> int:
     """Publish stamped one-level price changes at ``rate`` per second; return how many."""
-    asset_ids = market.asset_ids
     sent, begun = 0, time.perf_counter()
     while (elapsed := time.perf_counter() - begun) < seconds:
         due = int(elapsed * rate) - sent
         if due <= 0:
             await anyio.sleep(0.001)
             continue
-        frames = []
-        for index in range(sent, sent + due):
-            frames.append(
-                msgspec.json.encode(
-                    {
-                        "event_type": "price_change",
-                        "asset_id": asset_ids[index % len(asset_ids)],
-                        "market": "m",
-                        "price": "0.5",
-                        "side": "BUY",
-                        "size": str(index % 1000 + 1),
-                        "timestamp": time.monotonic_ns() // 1000,
-                    }
-                )
-            )
-        await pool.publish(frames)
+        await pool.publish(_stamped(market.asset_ids, sent, due))
         sent += due
     await pool.flush()
     return sent
 
 
-async def _measure(rate: float, seconds: float, workers: int) -> dict[str, float]:
+def _queue_worker(queue: Any, results: Any) -> None:
+    books: dict[str, tuple[dict[str, str], dict[str, str]]] = {}
+    samples = array("q")
+    while (message := queue.get()) is not None:
+        _apply_decoded(books, message)
+        if message["event_type"] == "price_change":
+            samples.append(time.monotonic_ns() // 1000 - message["timestamp"])
+        elif message["event_type"] == _SYNC:
+            results.put(_SYNC)
+    results.put(samples.tobytes())
+
+
+def _measure_queue(rate: float, seconds: float, workers: int) -> array[int]:
+    """The old design at the same rate, on the same frames; returns the latencies (us)."""
+    context = multiprocessing.get_context("spawn")
+    queues = [context.Queue() for _ in range(workers)]
+    results = context.Queue()
+    processes = [context.Process(target=_queue_worker, args=(q, results), daemon=True) for q in queues]
+    for process in processes:
+        process.start()
+    market = SyntheticMarket(1000, seed=5)
+    slots = {asset_id: slot_for(asset_id, workers) for asset_id in market.asset_ids}
+
+    def send(frame: bytes) -> None:
+        message = msgspec.json.decode(frame)
+        queues[slots[message["asset_id"]]].put(message)
+
+    for frame in market.snapshots():
+        send(frame)
+    for queue in queues:  # as the pool's run does, start the clock with every snapshot applied
+        queue.put({"event_type": _SYNC})
+    for _ in queues:
+        results.get()
+    sent, begun = 0, time.perf_counter()
+    while (elapsed := time.perf_counter() - begun) < seconds:
+        due = int(elapsed * rate) - sent
+        if due <= 0:
+            time.sleep(0.001)
+            continue
+        for frame in _stamped(market.asset_ids, sent, due):
+            send(frame)
+        sent += due
+    for queue in queues:
+        queue.put(None)
+    samples = array("q")
+    for _ in processes:
+        samples.frombytes(results.get())
+    for process in processes:
+        process.join()
+    return samples
+
+
+async def _measure_pool(rate: float, seconds: float, workers: int) -> array[int]:
+    """The pool at ``rate``; returns the latencies (us) its workers recorded."""
     market = SyntheticMarket(1000, seed=5)
     with tempfile.TemporaryDirectory() as directory:
         factory = functools.partial(recorder, directory)
@@ -86,42 +151,52 @@ async def _measure(rate: float, seconds: float, workers: int) -> dict[str, float
         async with PersistentWorkerPool(config, handler_factory=factory) as pool:
             await pool.publish(market.snapshots())
             await pool.flush()
-            sent = await _offer(pool, market, rate, seconds)
+            await _offer(pool, market, rate, seconds)
         samples = array("q")
         for path in Path(directory).glob("latency-*.bin"):
             with path.open("rb") as data:
                 samples.frombytes(data.read())
+    return samples
+
+
+def summarise(design: str, rate: float, samples: array[int]) -> dict[str, Any]:
+    """Percentiles of one design's latencies at one rate (the sorted samples are kept for the plot)."""
     ordered = sorted(samples)
     if not ordered:
-        raise RuntimeError(f"no latency recorded at {rate:g} msg/s: run longer (--seconds) or faster")
+        raise RuntimeError(f"{design}: no latency recorded at {rate:g} msg/s: run longer (--seconds) or faster")
 
     def pct(q: float) -> float:
         return float(ordered[min(len(ordered) - 1, int(q * len(ordered)))])
 
     return {
+        "design": design,
         "rate": rate,
-        "sent": float(sent),
-        "recorded": float(len(ordered)),
+        "recorded": len(ordered),
         "p50_us": pct(0.50),
         "p99_us": pct(0.99),
         "p999_us": pct(0.999),
-        "mean_us": statistics.fmean(ordered) if ordered else 0.0,
+        "mean_us": statistics.fmean(ordered),
+        "samples": ordered,
     }
 
 
-def main(argv: list[str] | None = None) -> list[dict[str, float]]:
+def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rates", type=float, nargs="+", default=[10_000, 50_000])
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args(argv)
-    results = [anyio.run(_measure, rate, args.seconds, args.workers) for rate in args.rates]
+    results = []
+    for rate in args.rates:
+        results.append(summarise("pool", rate, anyio.run(_measure_pool, rate, args.seconds, args.workers)))
+        results.append(summarise("queue", rate, _measure_queue(rate, args.seconds, args.workers)))
     print(f"# latency: publish -> applied in a worker, {args.workers} workers, {args.seconds:g} s per rate")
-    print("| offered msg/s | messages | p50 us | p99 us | p99.9 us |")
-    print("|---:|---:|---:|---:|---:|")
+    print("| design | offered msg/s | messages | p50 us | p99 us | p99.9 us |")
+    print("|---|---:|---:|---:|---:|---:|")
     for r in results:
         print(
-            f"| {r['rate']:,.0f} | {r['recorded']:,.0f} | {r['p50_us']:.0f} | {r['p99_us']:.0f} | {r['p999_us']:.0f} |"
+            f"| {_NAMES[r['design']]} | {r['rate']:,.0f} | {r['recorded']:,} | {r['p50_us']:.0f} | {r['p99_us']:.0f} "
+            f"| {r['p999_us']:.0f} |"
         )
     return results
 

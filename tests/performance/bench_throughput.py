@@ -8,10 +8,17 @@ message has been applied). Books are loaded before the clock starts. Three desig
 * ``pool``: this library (`PersistentWorkerPool.publish` in chunks, then `flush`);
 * ``queue``: the old WorkerManager design: the parent decodes each frame, routes it, and puts the
   decoded message on the owning worker's ``multiprocessing.Queue``, one pickled message per ``put``;
-* ``single``: one process, msgspec decode and dict books, no IPC (the single-core limit).
+* ``single``: one process, msgspec decode and dict books, no IPC (the single-core limit);
+* ``ray`` (only where the optional ``ray`` extra is installed): one Ray actor per worker holding dict
+  books; the parent decodes each frame to route it and sends the raw frames in batches of 256 per actor
+  call (``ray``), or one call per message (``ray-1``, timed on the first 5,000 messages: it is slow).
 
 Each design runs ``--repeat`` times, interleaved, and the best run of each is reported, because these
-2-core machines are noisy; ratios are taken between runs of the same round.
+2-core machines are noisy; ratios are taken between runs of the same round. Ray runs after the rounds,
+in a phase of its own, because its daemons use CPU while they are up.
+
+Shard balance: the report gives each worker's share of the messages the pool applied. With a fixed hash
+split, the busiest worker's share over an even share bounds what traffic-weighted balancing could gain.
 """
 
 from __future__ import annotations
@@ -131,11 +138,13 @@ def run_queue(snapshots: list[bytes], updates: list[bytes], workers: int) -> flo
     return elapsed
 
 
-def run_pool(snapshots: list[bytes], updates: list[bytes], workers: int) -> float:
+def run_pool(snapshots: list[bytes], updates: list[bytes], workers: int, shares: list[float]) -> float:
+    """Time the pool; fill ``shares`` with each worker's share of the messages it applied in the run."""
     config = PoolConfig(worker_count=workers, heartbeat_interval=1.0)
     with PersistentWorkerPool(config) as pool:
         pool.publish(snapshots)
         pool.flush()
+        before = {w.worker_id: w.messages for w in pool.get_status().workers.values()}
         started = time.perf_counter()
         for start in range(0, len(updates), _PUBLISH_CHUNK):
             pool.publish(updates[start : start + _PUBLISH_CHUNK])
@@ -144,7 +153,69 @@ def run_pool(snapshots: list[bytes], updates: list[bytes], workers: int) -> floa
         status = pool.get_status()
     if status.frames_rejected:
         raise RuntimeError(f"the pool rejected {status.frames_rejected} frames of a clean workload")
+    applied = [w.messages - before[w.worker_id] for w in status.workers.values()]
+    shares[:] = [count / sum(applied) for count in applied]
     return elapsed
+
+
+_RAY_BATCH = 256
+_RAY_SINGLE_MESSAGES = 5_000
+
+
+def run_ray(snapshots: list[bytes], updates: list[bytes], workers: int, batch: int) -> float:
+    """Ray actors with dict books; raw frames in batches of ``batch`` per call. Needs ``ray.init()`` done."""
+    import ray
+
+    @ray.remote(num_cpus=0)
+    class BookActor:
+        def __init__(self) -> None:
+            self.books: dict[str, tuple[dict[str, str], dict[str, str]]] = {}
+
+        def apply(self, frames: list[bytes]) -> int:
+            for frame in frames:
+                _apply_to_dict_books(self.books, frame)
+            return len(frames)
+
+    actors = [BookActor.remote() for _ in range(workers)]  # type: ignore[attr-defined]
+    decode = msgspec.json.decode
+
+    def send(frames: list[bytes]) -> list[Any]:
+        pending: list[list[bytes]] = [[] for _ in actors]
+        calls = []
+        for frame in frames:
+            message = decode(frame)
+            asset_id = message.get("asset_id") or message["price_changes"][0]["asset_id"]
+            slot = slot_for(asset_id, workers)
+            pending[slot].append(frame)
+            if len(pending[slot]) >= batch:
+                calls.append(actors[slot].apply.remote(pending[slot]))
+                pending[slot] = []
+        calls.extend(actor.apply.remote(rest) for actor, rest in zip(actors, pending, strict=True) if rest)
+        return calls
+
+    ray.get(send(snapshots))
+    started = time.perf_counter()
+    ray.get(send(updates))
+    elapsed = time.perf_counter() - started
+    for actor in actors:
+        ray.kill(actor)
+    return elapsed
+
+
+def _ray_rates(snapshots: list[bytes], updates: list[bytes], workers: int, repeat: int) -> dict[str, float]:
+    """Messages/s of the Ray designs (best of ``repeat`` for batches), or nothing without the extra."""
+    try:
+        import ray
+    except ImportError:
+        return {}
+    ray.init(num_cpus=multiprocessing.cpu_count(), include_dashboard=False, log_to_driver=False)
+    try:
+        batched = max(len(updates) / run_ray(snapshots, updates, workers, _RAY_BATCH) for _ in range(repeat))
+        few = updates[:_RAY_SINGLE_MESSAGES]
+        single = len(few) / run_ray(snapshots, few, workers, 1)
+    finally:
+        ray.shutdown()
+    return {"ray": batched, "ray-1": single}
 
 
 def _commit() -> str:
@@ -167,8 +238,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     market = SyntheticMarket(args.books, seed=42)
     snapshots, updates = market.snapshots(), list(market.updates(args.messages))
     mean_bytes = statistics.fmean(len(frame) for frame in updates)
+    shares: list[float] = []
     designs: dict[str, Callable[[], float]] = {
-        "pool": lambda: run_pool(snapshots, updates, args.workers),
+        "pool": lambda: run_pool(snapshots, updates, args.workers, shares),
         "queue": lambda: run_queue(snapshots, updates, args.workers),
         "single": lambda: run_single(snapshots, updates),
     }
@@ -178,6 +250,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     best = {name: max(r[name] for r in rounds) for name in designs}
     ratio_queue = max(r["pool"] / r["queue"] for r in rounds)
     ratio_single = max(r["pool"] / r["single"] for r in rounds)
+    ray_rates = _ray_rates(snapshots, updates, args.workers, args.repeat)
 
     print(f"# throughput: {args.messages:,} messages ({mean_bytes:.0f} bytes mean) over {args.books:,} books")
     machine = f"{platform.machine()} cpus={multiprocessing.cpu_count()} python={platform.python_version()}"
@@ -188,14 +261,28 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     print(f"| pool (this library) | {args.workers} | {best['pool']:,.0f} |")
     print(f"| old design: one pickled message per Queue.put | {args.workers} | {best['queue']:,.0f} |")
     print(f"| one process, msgspec + dict books, no IPC | 1 | {best['single']:,.0f} |")
+    if ray_rates:
+        print(f"| Ray actors, batches of {_RAY_BATCH} per call | {args.workers} | {ray_rates['ray']:,.0f} |")
+        print(f"| Ray actors, one call per message | {args.workers} | {ray_rates['ray-1']:,.0f} |")
     print(f"pool / queue design:   {ratio_queue:.2f}x (best same-round ratio)")
     print(f"pool / single process: {ratio_single:.2f}x (best same-round ratio)")
+    if ray_rates:
+        print(
+            f"pool / Ray, batched:   {best['pool'] / ray_rates['ray']:.2f}x (best of each; Ray runs after the rounds)"
+        )
+    else:
+        print("Ray: not measured (install the `ray` extra to include it)")
+    imbalance = max(shares) * len(shares)
+    print(
+        f"shard balance, share of messages per worker: {', '.join(f'{share:.1%}' for share in shares)}; "
+        f"busiest / even share {imbalance:.2f}"
+    )
     return {
-        "pool": best["pool"],
-        "queue": best["queue"],
-        "single": best["single"],
+        **best,
+        **ray_rates,
         "ratio_queue": ratio_queue,
         "ratio_single": ratio_single,
+        "imbalance": imbalance,
     }
 
 
