@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import gc
 import multiprocessing
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -27,6 +28,7 @@ from typing import Any
 
 import msgspec
 import psutil
+import structlog
 
 from pool import PersistentWorkerPool, PoolConfig
 from pool._routing import slot_for
@@ -102,6 +104,7 @@ _DESIGNS: dict[str, Callable[[list[bytes], list[bytes], int, int], None]] = {"po
 
 
 def _measure_in_child(design: str, messages: int, workers: int, results: Any) -> None:
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))  # as the suite does: tables only
     market = SyntheticMarket(1_000, seed=9)
     snapshots, base = market.snapshots(), list(market.updates(_DISTINCT))
     gc.collect()
