@@ -26,14 +26,12 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import msgspec
 import psutil
 import structlog
 
 from pool import PersistentWorkerPool, PoolConfig
-from pool._routing import slot_for
 from pool._synthetic import SyntheticMarket
-from tests.performance.bench_throughput import _queue_worker
+from tests.performance.bench_throughput import QueueDesign
 
 _MB = 1024 * 1024
 _CHUNK = 2_000
@@ -77,27 +75,11 @@ def _run_pool(snapshots: list[bytes], base: list[bytes], messages: int, workers:
 
 
 def _run_queue(snapshots: list[bytes], base: list[bytes], messages: int, workers: int) -> None:
-    context = multiprocessing.get_context("spawn")
-    queues = [context.Queue() for _ in range(workers)]
-    done = context.Queue()
-    processes = [context.Process(target=_queue_worker, args=(q, done), daemon=True) for q in queues]
-    for process in processes:
-        process.start()
-    routes: dict[str, int] = {}
+    design = QueueDesign(workers)
     for chunk in (snapshots, *_chunks(base, messages)):
         for frame in chunk:
-            message = msgspec.json.decode(frame)
-            asset_id = message.get("asset_id") or message["price_changes"][0]["asset_id"]
-            slot = routes.get(asset_id)
-            if slot is None:
-                slot = routes[asset_id] = slot_for(asset_id, workers)
-            queues[slot].put(message)
-    for queue in queues:
-        queue.put(None)
-    for _ in processes:
-        done.get()
-    for process in processes:
-        process.join()
+            design.send(frame)
+    design.close()
 
 
 _DESIGNS: dict[str, Callable[[list[bytes], list[bytes], int, int], None]] = {"pool": _run_pool, "queue": _run_queue}

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import multiprocessing
 import statistics
 import tempfile
 import time
@@ -27,9 +26,8 @@ import anyio
 import msgspec
 
 from pool import PersistentWorkerPool, PoolConfig
-from pool._routing import slot_for
 from pool._synthetic import SyntheticMarket
-from tests.performance.bench_throughput import _apply_decoded
+from tests.performance.bench_throughput import QueueDesign, _apply_decoded
 
 _SYNC = "sync"  # a message the old design's worker answers once it has applied everything before it
 _NAMES = {"pool": "pool (this library)", "queue": "old design: one pickled message per Queue.put"}
@@ -104,25 +102,13 @@ def _queue_worker(queue: Any, results: Any) -> None:
 
 def _measure_queue(rate: float, seconds: float, workers: int) -> array[int]:
     """The old design at the same rate, on the same frames; returns the latencies (us)."""
-    context = multiprocessing.get_context("spawn")
-    queues = [context.Queue() for _ in range(workers)]
-    results = context.Queue()
-    processes = [context.Process(target=_queue_worker, args=(q, results), daemon=True) for q in queues]
-    for process in processes:
-        process.start()
+    design = QueueDesign(workers, _queue_worker)
     market = SyntheticMarket(1000, seed=5)
-    slots = {asset_id: slot_for(asset_id, workers) for asset_id in market.asset_ids}
-
-    def send(frame: bytes) -> None:
-        message = msgspec.json.decode(frame)
-        queues[slots[message["asset_id"]]].put(message)
-
     for frame in market.snapshots():
-        send(frame)
-    for queue in queues:  # as the pool's run does, start the clock with every snapshot applied
-        queue.put({"event_type": _SYNC})
-    for _ in queues:
-        results.get()
+        design.send(frame)
+    design.put_all({"event_type": _SYNC})  # as the pool's run does, start the clock with every snapshot applied
+    for _ in range(workers):
+        design.results.get()
     sent, begun = 0, time.perf_counter()
     while (elapsed := time.perf_counter() - begun) < seconds:
         due = int(elapsed * rate) - sent
@@ -130,15 +116,11 @@ def _measure_queue(rate: float, seconds: float, workers: int) -> array[int]:
             time.sleep(0.001)
             continue
         for frame in _stamped(market.asset_ids, sent, due):
-            send(frame)
+            design.send(frame)
         sent += due
-    for queue in queues:
-        queue.put(None)
     samples = array("q")
-    for _ in processes:
-        samples.frombytes(results.get())
-    for process in processes:
-        process.join()
+    for block in design.close():
+        samples.frombytes(block)
     return samples
 
 

@@ -105,37 +105,55 @@ def _apply_decoded(books: dict[str, tuple[dict[str, str], dict[str, str]]], mess
                 levels[entry["price"]] = entry["size"]
 
 
-def run_queue(snapshots: list[bytes], updates: list[bytes], workers: int) -> float:
-    context = multiprocessing.get_context("spawn")
-    queues = [context.Queue() for _ in range(workers)]
-    done = context.Queue()
-    processes = [context.Process(target=_queue_worker, args=(q, done), daemon=True) for q in queues]
-    for process in processes:
-        process.start()
-    decode = msgspec.json.decode
-    routes: dict[str, int] = {}
+class QueueDesign:
+    """The old WorkerManager design, for the baselines: the parent decodes each frame, routes it, and puts
+    the decoded message on the owning worker's ``multiprocessing.Queue`` (one pickled message per ``put``).
 
-    def send(frame: bytes) -> None:
-        message = decode(frame)
+    ``worker(queue, results)`` runs in each spawned worker until it gets ``None``; `close` sends that and
+    returns one object from ``results`` per worker.
+    """
+
+    def __init__(self, workers: int, worker: Callable[[Any, Any], None] | None = None) -> None:
+        context = multiprocessing.get_context("spawn")
+        self._queues = [context.Queue() for _ in range(workers)]
+        self.results = context.Queue()
+        target = worker or _queue_worker
+        self._processes = [context.Process(target=target, args=(q, self.results), daemon=True) for q in self._queues]
+        for process in self._processes:
+            process.start()
+        self._routes: dict[str, int] = {}
+
+    def send(self, frame: bytes) -> None:
+        message = msgspec.json.decode(frame)
         asset_id = message.get("asset_id") or message["price_changes"][0]["asset_id"]
-        slot = routes.get(asset_id)
+        slot = self._routes.get(asset_id)
         if slot is None:
-            slot = routes[asset_id] = slot_for(asset_id, workers)
-        queues[slot].put(message)
+            slot = self._routes[asset_id] = slot_for(asset_id, len(self._queues))
+        self._queues[slot].put(message)
 
+    def put_all(self, message: dict[str, Any]) -> None:
+        """Put one message on every worker's queue."""
+        for queue in self._queues:
+            queue.put(message)
+
+    def close(self) -> list[Any]:
+        for queue in self._queues:
+            queue.put(_STOP)
+        results = [self.results.get() for _ in self._processes]
+        for process in self._processes:
+            process.join()
+        return results
+
+
+def run_queue(snapshots: list[bytes], updates: list[bytes], workers: int) -> float:
+    design = QueueDesign(workers)
     for frame in snapshots:
-        send(frame)
+        design.send(frame)
     started = time.perf_counter()
     for frame in updates:
-        send(frame)
-    for queue in queues:
-        queue.put(_STOP)
-    for _ in processes:
-        done.get()
-    elapsed = time.perf_counter() - started
-    for process in processes:
-        process.join()
-    return elapsed
+        design.send(frame)
+    design.close()
+    return time.perf_counter() - started
 
 
 def run_pool(snapshots: list[bytes], updates: list[bytes], workers: int, shares: list[float]) -> float:
