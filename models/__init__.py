@@ -22,6 +22,7 @@ from ._messages import (
     decode_frame,
 )
 from ._status import (
+    BATCH_SECONDS_BOUNDS,
     BookView,
     ExitReason,
     MemoryStatus,
@@ -36,6 +37,7 @@ from ._status import (
 )
 
 __all__ = [
+    "BATCH_SECONDS_BOUNDS",
     "BookEvent",
     "BookStore",
     "BookView",

@@ -128,6 +128,14 @@ class BookView(msgspec.Struct, frozen=True, kw_only=True):
         return self.asks[0] if self.asks else None
 
 
+# Upper bounds (seconds) of the buckets of `WorkerStats.batch_seconds_buckets`; the last bucket is +Inf.
+BATCH_SECONDS_BOUNDS: tuple[float, ...] = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0)
+
+
+def _empty_buckets() -> list[int]:
+    return [0] * (len(BATCH_SECONDS_BOUNDS) + 1)
+
+
 class WorkerStats(msgspec.Struct, frozen=True, kw_only=True):
     """Counters a worker process reports with every acknowledgement and heartbeat.
 
@@ -135,7 +143,10 @@ class WorkerStats(msgspec.Struct, frozen=True, kw_only=True):
     the level changes, trades and tick changes applied, ``snapshots_received`` the `book` events applied.
     ``errors`` counts rejected frames, ``handler_errors`` exceptions raised by the user's handler,
     ``unknown_events`` well-formed events of types the pool does not apply, and ``skipped_updates`` events
-    for owned assets with no book yet. ``processing_time_ms`` is CPU spent applying, summed.
+    for owned assets with no book yet. ``processing_time_ms`` is the time spent decoding and applying
+    batches, summed (wall time: it includes any time the process was not scheduled).
+    ``batch_seconds_buckets`` counts batches by that time, per bucket of `BATCH_SECONDS_BOUNDS` (not
+    cumulative; the last bucket is above the last bound).
     """
 
     worker_id: int
@@ -154,6 +165,7 @@ class WorkerStats(msgspec.Struct, frozen=True, kw_only=True):
     skipped_updates: int = 0
     stale_books: int = 0
     applied_seq: int = 0
+    batch_seconds_buckets: list[int] = msgspec.field(default_factory=_empty_buckets)
 
     @property
     def avg_processing_time_us(self) -> float:

@@ -19,6 +19,7 @@ import socket
 import sys
 import time
 import traceback
+from bisect import bisect_left
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
@@ -28,6 +29,7 @@ import psutil
 import structlog
 
 from models import (
+    BATCH_SECONDS_BOUNDS,
     BookEvent,
     BookStore,
     BookView,
@@ -40,6 +42,7 @@ from models import (
     decode_frame,
 )
 
+from ._logging import configure_structlog
 from ._protocol import Batch, BookReply, Fatal, GetBook, Progress, Ready, Rebuild, Stop, ToWorker, Trim, Trimmed
 from ._routing import Router
 
@@ -91,11 +94,8 @@ def worker_main(
     _die_with_parent()
     # The channel is a socket, but a stray print must still never reach whatever stdout the parent has.
     sys.stdout = sys.stderr
-    structlog.configure(
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
-        wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
-        cache_logger_on_first_use=True,
-    )
+    # JSON lines unless a person is watching, as `worker-pool run` does by default.
+    configure_structlog(json_lines=not sys.stderr.isatty(), level=logging.INFO, file=sys.stderr)
     log = structlog.get_logger("pool.worker").bind(worker_id=worker_id, pid=os.getpid())
     conn = Connection(sock.detach())
     encoder = msgspec.msgpack.Encoder()
@@ -165,6 +165,7 @@ class _Worker:
         self._updates = 0
         self._snapshots = 0
         self._busy_ns = 0
+        self._batch_buckets = [0] * (len(BATCH_SECONDS_BOUNDS) + 1)
         self._errors = 0
         self._handler_errors = 0
         self._last_message_ts: float | None = None
@@ -256,7 +257,9 @@ class _Worker:
                     self._updates += len(books)
                 if callbacks:
                     self._call_handler(event, books)
-        self._busy_ns += time.perf_counter_ns() - started
+        elapsed = time.perf_counter_ns() - started
+        self._busy_ns += elapsed
+        self._batch_buckets[bisect_left(BATCH_SECONDS_BOUNDS, elapsed / 1e9)] += 1
         self._messages += len(frames)
         self._applied_seq += len(frames)
         self._last_message_ts = time.time()
@@ -301,5 +304,6 @@ class _Worker:
             skipped_updates=self._store.skipped + self._store.superseded,
             stale_books=len(self._store.stale),
             applied_seq=self._applied_seq,
+            batch_seconds_buckets=self._batch_buckets,
         )
         self._conn.send_bytes(self._encoder.encode(Progress(stats)))

@@ -1,0 +1,371 @@
+"""The ``worker-pool`` command (also ``python -m pool``): run the pool as a service.
+
+``worker-pool run`` starts a pool on the built-in simulated market (a deterministic exchange simulator
+that is also the pool's snapshot source, so a killed worker is rebuilt exactly) and publishes its stream
+at ``--rate``. On a terminal it shows a live view (one row per worker); otherwise it logs a status line
+every few seconds. With ``--metrics-port`` it serves Prometheus metrics on ``/metrics`` and the status on
+``/health``. SIGTERM or SIGINT drains and stops it gracefully; a second SIGINT kills every worker at once.
+
+``worker-pool status --url URL`` prints the JSON status of a pool run with ``--metrics-port``.
+
+Exit codes: 0 a clean stop (``status``: the pool is running); 1 a runtime failure (a worker failed,
+applied nothing, a frame was rejected, or the stop was forced; ``status``: the pool is degraded or cannot
+be reached); 2 bad usage or configuration (the message names the key, the value and what is allowed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import logging
+import os
+import signal
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, TextIO
+
+import anyio
+import msgspec
+import structlog
+
+from models import PoolConfig, PoolStatus, WorkerState, WorkerStats
+
+from ._config_sources import ENV_PREFIX, ConfigError, load_config
+from ._exceptions import BrokenWorkerError, PoolError
+from ._logging import configure_structlog
+from ._pool import PersistentWorkerPool
+from ._synthetic import SyntheticMarket
+
+__all__ = ["EXIT_FAILURE", "EXIT_OK", "EXIT_USAGE", "main"]
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+# Updates are published in chunks of at most this many: big enough to amortise a publish call, small
+# enough to keep the offered rate smooth.
+_CHUNK = 500
+_LEVELS = ("debug", "info", "warning", "error")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; return the process exit code."""
+    args = _parser().parse_args(argv)  # a usage error exits 2 here, with argparse's message
+    if args.command == "status":
+        return _status(args.url, args.timeout)
+    live = sys.stdout.isatty() and not args.no_live
+    _configure_logging(args.log_format, args.log_level, _live_console() if live else None)
+    try:
+        config = load_config(args.config, os.environ, {"worker_count": args.workers})
+        _check_run_flags(args)
+    except ConfigError as exc:
+        print(f"worker-pool: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        return anyio.run(_run, args, config, live)
+    except KeyboardInterrupt:  # Ctrl-C before the signal handlers were in place: nothing was running yet
+        print("worker-pool: interrupted while starting", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="worker-pool", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    run = commands.add_parser(
+        "run",
+        help="run the pool on the simulated market until --duration ends or a signal stops it",
+        description=(
+            "Run the pool on the simulated market. Pool settings come from --config (TOML, the fields of "
+            f"PoolConfig), then the environment ({ENV_PREFIX}<FIELD>, e.g. {ENV_PREFIX}WORKER_COUNT=4), "
+            "then the flags; each overrides the one before."
+        ),
+    )
+    run.add_argument("--config", type=Path, metavar="FILE", help="a TOML file of PoolConfig fields")
+    run.add_argument("--workers", type=int, help="worker processes (overrides worker_count)")
+    run.add_argument("--assets", type=int, default=1000, help="order books in the market (default: 1000)")
+    run.add_argument("--rate", type=float, default=20_000, help="updates per second offered (default: 20000)")
+    run.add_argument("--duration", type=float, help="seconds to run (default: until SIGTERM or SIGINT)")
+    run.add_argument("--seed", type=int, default=0, help="seed of the simulated market (default: 0)")
+    run.add_argument("--status-interval", type=float, default=2.0, help="seconds between status log lines (default: 2)")
+    run.add_argument(
+        "--log-format",
+        choices=("auto", "console", "json"),
+        default="auto",
+        help="log lines as text for a person or JSON lines (default: console on a terminal, else json)",
+    )
+    run.add_argument("--log-level", choices=_LEVELS, default="info", help="the least severe level logged")
+    run.add_argument(
+        "--metrics-port", type=int, help="serve /metrics (Prometheus) and /health on this port (0: any free one)"
+    )
+    run.add_argument(
+        "--metrics-host", default="127.0.0.1", help="address for --metrics-port (default: 127.0.0.1, local only)"
+    )
+    run.add_argument("--no-live", action="store_true", help="log status lines even when stdout is a terminal")
+    status = commands.add_parser(
+        "status",
+        help="print the JSON status of a pool run with --metrics-port",
+        description="GET URL/health and print the pool's status. Exit 0 if it is running, 1 if it is "
+        "degraded or cannot be reached.",
+    )
+    status.add_argument("--url", required=True, help="where the pool serves, e.g. http://127.0.0.1:9464")
+    status.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for an answer (default: 5)")
+    return parser
+
+
+def _check_run_flags(args: argparse.Namespace) -> None:
+    """The flags that are not `PoolConfig` fields, checked before anything starts."""
+    for name, value, rule in (
+        ("--assets", args.assets, args.assets >= 1),
+        ("--rate", args.rate, args.rate > 0),
+        ("--duration", args.duration, args.duration is None or args.duration > 0),
+        ("--status-interval", args.status_interval, args.status_interval > 0),
+        ("--metrics-port", args.metrics_port, args.metrics_port is None or 0 <= args.metrics_port <= 65535),
+    ):
+        if not rule:
+            allowed = "a port number, 0 to 65535" if name == "--metrics-port" else "must be positive"
+            raise ConfigError(f"command line: {name} {value}: {allowed}")
+    if args.metrics_port is not None and importlib.util.find_spec("prometheus_client") is None:
+        raise ConfigError(
+            "command line: --metrics-port needs prometheus-client: pip install 'persistent-worker-pool[metrics]'"
+        )
+
+
+def _configure_logging(log_format: str, level: str, live_console: Any = None) -> None:
+    """structlog to stderr (stdout carries the final status): text on a terminal, else JSON lines.
+
+    Under the live view, lines are printed through its console instead, so they scroll above the view
+    rather than through it.
+    """
+    json_lines = log_format == "json" or (log_format == "auto" and not sys.stderr.isatty())
+    output: TextIO | _ConsoleFile = sys.stderr if live_console is None else _ConsoleFile(live_console)
+    configure_structlog(json_lines=json_lines, level=getattr(logging, level.upper()), file=output)
+
+
+class _ConsoleFile:
+    """A file-like object for structlog that prints each line through a rich console."""
+
+    def __init__(self, console: Any) -> None:
+        self._console = console
+
+    def write(self, text: str) -> None:
+        if text.strip():
+            self._console.print(text.rstrip("\n"), markup=False, highlight=False, soft_wrap=True)
+
+    def flush(self) -> None:
+        """Nothing to flush: the console writes at once."""
+
+
+def _live_console() -> Any:
+    from rich import get_console  # the console `rich.live.Live` draws on, so logs scroll above the view
+
+    return get_console()
+
+
+class _Stop:
+    """What the signal watcher decided: stop gracefully (first signal), or force (a second SIGINT)."""
+
+    def __init__(self) -> None:
+        self.requested = anyio.Event()
+        self.forced = False
+        self.drain = anyio.CancelScope()  # the wait for published frames to be applied; a force cancels it
+
+
+async def _watch_signals(stop: _Stop, pool: PersistentWorkerPool) -> None:
+    log = structlog.get_logger("pool.cli")
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            name = signal.Signals(signum).name
+            if not stop.requested.is_set():
+                log.info("stop_requested", signal=name, detail="draining; a second SIGINT forces")
+                stop.requested.set()
+            elif signum == signal.SIGINT and not stop.forced:
+                stop.forced = True
+                log.warning("stop_forced", signal=name, detail="killing every worker")
+                stop.drain.cancel()
+                for worker in pool.get_status().workers.values():
+                    if worker.pid is not None:
+                        _kill(worker.pid)
+
+
+def _kill(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):  # already gone
+        os.kill(pid, signal.SIGKILL)
+
+
+async def _run(args: argparse.Namespace, config: PoolConfig, live: bool) -> int:
+    log = structlog.get_logger("pool.cli")
+    market = SyntheticMarket(args.assets, seed=args.seed)
+    stop = _Stop()
+    try:
+        status = await _serve(args, config, market, stop, live)
+    except PoolError as exc:
+        log.error("run_failed", error=str(exc))
+        return EXIT_FAILURE
+    except OSError as exc:  # the metrics port could not be bound
+        log.error("run_failed", error=f"--metrics-port {args.metrics_port}: {exc.strerror or exc}")
+        return EXIT_FAILURE
+    print(msgspec.json.format(msgspec.json.encode(status)).decode(), flush=True)
+    return _exit_code(status, stop.forced)
+
+
+async def _serve(
+    args: argparse.Namespace, config: PoolConfig, market: SyntheticMarket, stop: _Stop, live: bool
+) -> PoolStatus:
+    """Run the pool until the duration ends or a signal stops it; return its last status."""
+    log = structlog.get_logger("pool.cli")
+    pool = PersistentWorkerPool(config, snapshot_source=market)
+    failure: PoolError | OSError | None = None
+    # The signal watcher and the view outlive the pool's block, so a second SIGINT during its graceful
+    # stop still forces it, and the view shows the stop. The metrics port is bound before any worker
+    # starts, so a port in use fails the run at once.
+    async with anyio.from_thread.BlockingPortal() as portal, anyio.create_task_group() as tasks:
+        tasks.start_soon(_watch_signals, stop, pool)
+        try:
+            with _metrics_server(args, portal, pool) as port, _reporter(args, pool, live) as report:
+                async with pool:
+                    tasks.start_soon(report)
+                    await pool.publish(market.snapshots())
+                    log.info(
+                        "run_started",
+                        workers=config.worker_count,
+                        assets=len(market.asset_ids),
+                        rate=args.rate,
+                        metrics_port=port,
+                    )
+                    await _publish_until_stopped(pool, market, args, stop)
+                    drained = anyio.move_on_after(config.shutdown_timeout)
+                    with stop.drain, drained, contextlib.suppress(BrokenWorkerError):
+                        await pool.flush()
+        except (PoolError, OSError) as exc:  # raised after the task groups, unwrapped: `_run` reports it
+            failure = exc
+        tasks.cancel_scope.cancel()
+    if failure is not None:
+        raise failure
+    return pool.get_status()
+
+
+@contextlib.contextmanager
+def _metrics_server(
+    args: argparse.Namespace, portal: anyio.from_thread.BlockingPortal, pool: PersistentWorkerPool
+) -> Iterator[int | None]:
+    """Serve /metrics and /health while the block runs, if --metrics-port asks; yield the bound port."""
+    if args.metrics_port is None:
+        yield None
+        return
+    from ._metrics import MetricsServer  # the `metrics` extra is needed only here
+
+    def read() -> tuple[PoolStatus, dict[int, WorkerStats]]:
+        # On the server's thread: the pool is read on its own event loop, never halfway through a change.
+        return portal.call(lambda: (pool.get_status(), pool.get_stats()))
+
+    with MetricsServer(read, args.metrics_host, args.metrics_port) as server:
+        yield server.port
+
+
+@contextlib.contextmanager
+def _reporter(args: argparse.Namespace, pool: PersistentWorkerPool, live: bool) -> Iterator[Any]:
+    """Yield the task that shows the pool: a live view on a terminal, else status log lines."""
+    log = structlog.get_logger("pool.cli")
+    if not live:
+
+        async def log_lines() -> None:
+            while True:
+                await anyio.sleep(args.status_interval)
+                _log_status(log, pool.get_status())
+
+        yield log_lines
+        return
+    from rich.live import Live
+
+    from ._live_view import LiveView
+
+    view = LiveView()
+    remove_listener = pool.add_listener(view.note)
+    with Live(view.render(pool.get_status()), refresh_per_second=2, transient=False) as screen:
+
+        async def refresh() -> None:
+            while True:
+                await anyio.sleep(0.5)
+                screen.update(view.render(pool.get_status()))
+
+        yield refresh
+        screen.update(view.render(pool.get_status()))
+    remove_listener()
+
+
+async def _publish_until_stopped(
+    pool: PersistentWorkerPool, market: SyntheticMarket, args: argparse.Namespace, stop: _Stop
+) -> None:
+    """Publish at --rate until the duration ends or a stop is requested.
+
+    If a worker fails for good, publishing stops (its frames would have nowhere to go) but the run goes
+    on, degraded, until it is stopped: /health says 503 meanwhile, and the exit code will be 1.
+    """
+    log = structlog.get_logger("pool.cli")
+    started = time.monotonic()
+    sent = 0
+    publishing = True
+    while not stop.requested.is_set():
+        now = time.monotonic()
+        if args.duration is not None and now - started >= args.duration:
+            return
+        due = min(int((now - started) * args.rate) - sent, _CHUNK)
+        if publishing and due > 0:
+            try:
+                await pool.publish(list(market.updates(due)))
+            except BrokenWorkerError as exc:
+                publishing = False
+                log.error("publishing_stopped", error=str(exc), detail="a worker failed for good; stop to exit")
+            sent += due
+        else:
+            with anyio.move_on_after(min(0.01, _CHUNK / args.rate) if publishing else 0.5):
+                await stop.requested.wait()
+
+
+def _log_status(log: Any, status: PoolStatus) -> None:
+    log.info(
+        "pool_status",
+        state=status.pool_status.value,
+        uptime_s=round(status.uptime_seconds, 1),
+        applied=status.messages_applied,
+        rate=round(status.messages_per_second),
+        books=status.total_books,
+        alive=f"{status.alive_workers}/{status.worker_count}",
+        restarts=status.restarts,
+        rejected=status.frames_rejected,
+    )
+
+
+def _status(url: str, timeout: float) -> int:
+    """``worker-pool status``: print the /health answer of a running pool."""
+    target = url.rstrip("/") + "/health"
+    try:
+        with urllib.request.urlopen(target, timeout=timeout) as answer:
+            body, code = answer.read(), answer.status
+    except urllib.error.HTTPError as exc:  # 503: degraded or stopping; the body is still the status
+        body, code = exc.read(), exc.code
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        print(f"worker-pool: error: cannot reach {target}: {reason}", file=sys.stderr)
+        return EXIT_FAILURE
+    try:
+        print(msgspec.json.format(body).decode())
+    except msgspec.DecodeError:
+        print(f"worker-pool: error: {target} answered {code} with something that is not JSON", file=sys.stderr)
+        return EXIT_FAILURE
+    return EXIT_OK if code == 200 else EXIT_FAILURE
+
+
+def _exit_code(status: PoolStatus, forced: bool) -> int:
+    workers = status.workers.values()
+    failed = any(worker.status is WorkerState.FAILED for worker in workers)
+    if forced or failed or status.frames_rejected or not all(worker.messages > 0 for worker in workers):
+        return EXIT_FAILURE
+    return EXIT_OK

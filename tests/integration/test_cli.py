@@ -1,0 +1,320 @@
+"""The ``worker-pool`` command, run for real in a subprocess: exit codes, signals, config precedence."""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import queue
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from pool._metrics import METRIC_NAMES
+from tests.support import wait_for
+
+# Small and quick: the simulated market with 200 books at 5,000 updates/s.
+QUICK = ["--assets", "200", "--rate", "5000", "--status-interval", "0.5", "--log-format", "json"]
+
+
+class Cli:
+    """``python -m pool ARGS`` in a subprocess; its stderr lines are collected as they arrive."""
+
+    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "pool", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, **(env or {})},
+        )
+        self.lines: list[str] = []  # stderr lines taken off the queue so far
+        self._arriving: queue.Queue[str] = queue.Queue()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            self._arriving.put(line)
+
+    def wait_for_event(self, event: str, timeout: float = 30.0) -> dict[str, Any]:
+        """The first JSON log line with this ``event`` (earlier lines are kept in `lines`)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                line = self._arriving.get(timeout=0.1)
+            except queue.Empty:
+                assert self.process.poll() is None, f"the CLI exited ({self.process.returncode}) before {event!r}"
+                continue
+            self.lines.append(line)
+            record = json.loads(line)
+            if record.get("event") == event:
+                return dict(record)
+        raise AssertionError(f"no {event!r} log line within {timeout} s; saw {self.events()}")
+
+    def finish(self, timeout: float = 60.0) -> tuple[int, str]:
+        """Wait for the exit and the last stderr line; return (exit code, stdout)."""
+        self.process.wait(timeout=timeout)
+        self._reader.join(timeout=10)  # stderr ends when the CLI and its workers have all exited
+        while not self._arriving.empty():
+            self.lines.append(self._arriving.get())
+        assert self.process.stdout is not None
+        stdout = self.process.stdout.read()
+        self.close()
+        return self.process.returncode, stdout
+
+    def close(self) -> None:
+        """Close our ends of its pipes, once the reader has seen the end of stderr."""
+        self._reader.join(timeout=10)
+        for pipe in (self.process.stdout, self.process.stderr):
+            if pipe is not None:
+                pipe.close()
+
+    def events(self) -> list[str]:
+        return [json.loads(line).get("event") for line in self.lines if line.startswith("{")]
+
+
+def worker_pids(status: dict[str, Any]) -> list[int]:
+    return [worker["pid"] for worker in status["workers"].values() if worker["pid"] is not None]
+
+
+def assert_gone(pids: list[int]) -> None:
+    def gone() -> bool:
+        return not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE for pid in pids)
+
+    wait_for(gone, timeout=5, what=f"worker processes {pids} to be gone")
+
+
+@pytest.fixture
+def start_cli() -> Iterator[Callable[..., Cli]]:
+    """Starts CLI runs; every one is killed at the test's end, whatever happened."""
+    runs: list[Cli] = []
+
+    def start(*args: str, env: dict[str, str] | None = None) -> Cli:
+        runs.append(Cli(*args, env=env))
+        return runs[-1]
+
+    yield start
+    for run in runs:
+        if run.process.poll() is None:
+            run.process.kill()
+            run.process.wait()
+        run.close()
+
+
+@pytest.mark.timeout(60)
+def test_run_for_a_duration_exits_0_with_every_worker_applying(start_cli: Callable[..., Cli]) -> None:
+    run = start_cli("run", "--workers", "2", "--duration", "3", *QUICK)
+    code, stdout = run.finish()
+    assert code == 0
+    status = json.loads(stdout)
+    assert status["worker_count"] == 2
+    assert all(worker["messages"] > 0 for worker in status["workers"].values())
+    assert_gone(worker_pids(status))
+
+
+@pytest.mark.timeout(60)
+def test_sigterm_drains_and_exits_0_within_the_shutdown_timeout(start_cli: Callable[..., Cli]) -> None:
+    run = start_cli("run", "--workers", "2", *QUICK, env={"WORKER_POOL_SHUTDOWN_TIMEOUT": "5"})
+    run.wait_for_event("run_started")
+    run.wait_for_event("pool_status")  # it is publishing
+    run.process.send_signal(signal.SIGTERM)
+    began = time.monotonic()
+    code, stdout = run.finish(timeout=30)
+    assert time.monotonic() - began < 5 + 2  # shutdown_timeout, plus the interpreter's own exit
+    assert code == 0
+    assert "stop_requested" in run.events()
+    status = json.loads(stdout)
+    assert status["messages_applied"] >= status["messages_published"] > 0  # drained: nothing left pending
+    assert_gone(worker_pids(status))
+
+
+@pytest.mark.timeout(60)
+def test_a_second_sigint_forces_the_stop_and_exits_1(start_cli: Callable[..., Cli]) -> None:
+    # A long graceful window, so that only the forced path can end the run quickly.
+    run = start_cli("run", "--workers", "2", *QUICK, env={"WORKER_POOL_SHUTDOWN_TIMEOUT": "60"})
+    run.wait_for_event("pool_status")
+    run.process.send_signal(signal.SIGINT)
+    run.wait_for_event("stop_requested")
+    run.process.send_signal(signal.SIGINT)
+    run.wait_for_event("stop_forced")
+    code, stdout = run.finish(timeout=30)
+    assert code == 1
+    assert_gone(worker_pids(json.loads(stdout)))
+
+
+@pytest.mark.timeout(60)
+def test_a_bad_toml_value_exits_2_naming_the_key(tmp_path: Path, start_cli: Callable[..., Cli]) -> None:
+    config = tmp_path / "pool.toml"
+    config.write_text("worker_count = 0\n")
+    run = start_cli("run", "--config", str(config), "--duration", "1", *QUICK)
+    code, stdout = run.finish()
+    assert code == 2 and stdout == ""
+    errors = "".join(run.lines)
+    assert "pool.toml: worker_count = 0:" in errors and "[1, 1024]" in errors
+
+
+@pytest.mark.timeout(90)
+def test_environment_beats_the_file_and_flags_beat_the_environment(
+    tmp_path: Path, start_cli: Callable[..., Cli]
+) -> None:
+    config = tmp_path / "pool.toml"
+    config.write_text("worker_count = 3\n")
+    env = {"WORKER_POOL_WORKER_COUNT": "2"}
+    by_env = start_cli("run", "--config", str(config), "--duration", "1", *QUICK, env=env)
+    code, stdout = by_env.finish()
+    assert code == 0 and json.loads(stdout)["worker_count"] == 2
+    by_flag = start_cli("run", "--config", str(config), "--workers", "1", "--duration", "1", *QUICK, env=env)
+    code, stdout = by_flag.finish()
+    assert code == 0 and json.loads(stdout)["worker_count"] == 1
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    "args",
+    [[], ["run", "--rate", "0"], ["run", "--workers", "two"], ["run", "--metrics-port", "70000"], ["nonsense"]],
+)
+def test_bad_usage_exits_2(args: list[str]) -> None:
+    done = subprocess.run([sys.executable, "-m", "pool", *args], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2
+    assert "worker-pool" in done.stderr and "error" in done.stderr
+
+
+def test_the_console_script_is_installed() -> None:
+    script = Path(sys.executable).parent / "worker-pool"
+    done = subprocess.run([str(script), "run", "--help"], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0 and "--duration" in done.stdout and "WORKER_POOL_" in done.stdout
+
+
+def http_get(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as answer:
+            return answer.status, answer.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def scrape(port: int) -> dict[str, float]:
+    """The samples of /metrics as {'name{labels}': value}."""
+    code, body = http_get(f"http://127.0.0.1:{port}/metrics")
+    assert code == 200
+    samples = {}
+    for line in body.decode().splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            samples[name] = float(value)
+    return samples
+
+
+def status_command(port: int) -> subprocess.CompletedProcess[str]:
+    script = Path(sys.executable).parent / "worker-pool"
+    return subprocess.run(
+        [str(script), "status", "--url", f"http://127.0.0.1:{port}"], capture_output=True, text=True, timeout=30
+    )
+
+
+@pytest.mark.timeout(90)
+def test_metrics_health_and_status_through_the_cli(start_cli: Callable[..., Cli]) -> None:
+    """/metrics has every documented name with values that move; /health and `status` follow the pool's
+    state: 200 and exit 0 while running, 503 and exit 1 once a worker has failed for good."""
+    no_restarts = {"WORKER_POOL_MAX_RESTARTS": "0", "WORKER_POOL_HEARTBEAT_INTERVAL": "0.2"}
+    run = start_cli("run", "--workers", "2", "--metrics-port", "0", *QUICK, env=no_restarts)
+    port = run.wait_for_event("run_started")["metrics_port"]
+
+    def every_name_present() -> bool:  # the memory ratio appears with the monitor's first sample
+        return all(any(sample.startswith(name) for sample in scrape(port)) for name in METRIC_NAMES)
+
+    wait_for(every_name_present, timeout=20, what=f"every one of {METRIC_NAMES} on /metrics")
+    first = scrape(port)
+    assert first['worker_pool_state{worker_pool_state="running"}'] == 1.0
+    assert first['worker_pool_worker_up{worker="0"}'] == 1.0
+    assert first['worker_pool_batch_apply_seconds_bucket{le="+Inf",worker="0"}'] >= 0
+
+    moving = ("worker_pool_messages_total", "worker_pool_updates_total", "worker_pool_batch_apply_seconds_count")
+
+    def moved() -> bool:
+        now = scrape(port)
+        keys = [f'{name}{{worker="{worker}"}}' for worker in "01" for name in moving]
+        return all(now[key] > first.get(key, 0) for key in keys)
+
+    wait_for(moved, timeout=20, what="per-worker counters to move between scrapes")
+    code, body = http_get(f"http://127.0.0.1:{port}/health")
+    status = json.loads(body)
+    assert code == 200 and status["pool_status"] == "running"
+    answer = status_command(port)
+    assert answer.returncode == 0 and json.loads(answer.stdout)["pool_status"] == "running"
+
+    victim = status["workers"]["0"]["pid"]
+    os.kill(victim, signal.SIGKILL)  # no restart budget: the worker fails for good
+    wait_for(lambda: http_get(f"http://127.0.0.1:{port}/health")[0] == 503, timeout=20, what="/health to say 503")
+    assert json.loads(http_get(f"http://127.0.0.1:{port}/health")[1])["pool_status"] == "degraded"
+    assert scrape(port)['worker_pool_worker_up{worker="0"}'] == 0.0
+    answer = status_command(port)
+    assert answer.returncode == 1 and json.loads(answer.stdout)["pool_status"] == "degraded"
+
+    run.process.send_signal(signal.SIGTERM)
+    code, stdout = run.finish(timeout=30)
+    assert code == 1  # a worker failed
+    assert_gone(worker_pids(json.loads(stdout)))
+
+
+@pytest.mark.timeout(60)
+def test_a_metrics_port_in_use_fails_the_run_with_a_clear_error(start_cli: Callable[..., Cli]) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        run = start_cli("run", "--metrics-port", str(port), "--duration", "5", *QUICK)
+        code, stdout = run.finish()
+    assert code == 1 and stdout == ""
+    failure = json.loads(next(line for line in run.lines if '"run_failed"' in line))
+    assert failure["error"].startswith(f"--metrics-port {port}: ")
+
+
+def test_status_of_nothing_listening_exits_1() -> None:
+    with socket.socket() as probe:  # a port nobody listens on: bound, never listening
+        probe.bind(("127.0.0.1", 0))
+        answer = status_command(probe.getsockname()[1])
+    assert answer.returncode == 1 and "cannot reach" in answer.stderr
+
+
+@pytest.mark.timeout(60)
+def test_the_live_view_renders_on_a_terminal(start_cli: Callable[..., Cli]) -> None:
+    """With stdout a pseudo-terminal the run draws the live view: the header and one row per worker."""
+    leader, follower = pty.openpty()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pool", "run", "--workers", "3", "--duration", "3", "--assets", "200"],
+        stdout=follower,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "COLUMNS": "140", "TERM": "xterm"},
+    )
+    os.close(follower)
+    screen = b""
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # the terminal closed: the run is over
+            break
+        if not chunk:
+            break
+        screen += chunk
+    os.close(leader)
+    assert process.wait(timeout=30) == 0
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", screen.decode(errors="replace"))
+    assert "worker-pool running" in text and "memory / cap" in text
+    last_view = text[text.rindex("memory / cap") :]
+    rows = [line for line in last_view.splitlines() if re.match(r"^\s*[0-2]\s+\d+\s+(running|stopping|stopped)", line)]
+    assert sorted({row.split()[0] for row in rows}) == ["0", "1", "2"]

@@ -1,0 +1,50 @@
+"""The live view, rendered through rich's recording console over a real pool, through a SIGKILL."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+
+import pytest
+from rich.console import Console
+
+from pool import PersistentWorkerPool, PoolConfig
+from pool._live_view import LiveView
+from pool._synthetic import SyntheticMarket
+from tests.support import wait_for
+
+
+def rendered(view: LiveView, pool: PersistentWorkerPool) -> str:
+    console = Console(record=True, width=140, file=io.StringIO(), color_system=None)
+    console.print(view.render(pool.get_status()))
+    return console.export_text()
+
+
+@pytest.mark.timeout(60)
+def test_one_row_per_worker_and_a_restart_shows_while_the_run_goes_on() -> None:
+    market = SyntheticMarket(300, seed=4)
+    view = LiveView()
+    config = PoolConfig(worker_count=3, heartbeat_interval=0.2)
+    with PersistentWorkerPool(config, snapshot_source=market) as pool:
+        pool.add_listener(view.note)
+        pool.publish(market.snapshots())
+        pool.publish(list(market.updates(3_000)))
+        pool.flush()
+        text = rendered(view, pool)
+        assert "worker-pool running" in text and "recent events: none" in text
+        pids = {worker_id: worker.pid for worker_id, worker in pool.get_status().workers.items()}
+        for worker_id, pid in pids.items():
+            assert any(line.split()[:3] == [str(worker_id), str(pid), "running"] for line in text.splitlines())
+
+        victim = pids[1]
+        assert victim is not None
+        os.kill(victim, signal.SIGKILL)
+        wait_for(lambda: pool.get_status().workers[1].restarts == 1 and pool.is_healthy(), what="the restart")
+        pool.publish(list(market.updates(1_000)))  # the run goes on
+        pool.flush()
+        text = rendered(view, pool)
+        assert "worker 1 worker_exited" in text and "worker 1 worker_restarted" in text
+        new_pid = pool.get_status().workers[1].pid
+        row = next(line.split() for line in text.splitlines() if line.split()[:2] == ["1", str(new_pid)])
+        assert row[2] == "running" and row[-1] == "1"  # the restarts column
