@@ -184,7 +184,6 @@ def run_ray(snapshots: list[bytes], updates: list[bytes], workers: int, batch: i
     """Ray actors with dict books; raw frames in batches of ``batch`` per call. Needs ``ray.init()`` done."""
     import ray
 
-    @ray.remote(num_cpus=0)
     class BookActor:
         def __init__(self) -> None:
             self.books: dict[str, tuple[dict[str, str], dict[str, str]]] = {}
@@ -194,7 +193,8 @@ def run_ray(snapshots: list[bytes], updates: list[bytes], workers: int, batch: i
                 _apply_to_dict_books(self.books, frame)
             return len(frames)
 
-    actors = [BookActor.remote() for _ in range(workers)]  # type: ignore[attr-defined]
+    remote_actor = ray.remote(num_cpus=0)(BookActor)  # num_cpus=0: 4 actors fit on 2 cores
+    actors = [remote_actor.remote() for _ in range(workers)]
     decode = msgspec.json.decode
 
     def send(frames: list[bytes]) -> list[Any]:
