@@ -16,7 +16,7 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from models import PoolEvent, PoolEventKind, PoolStatus, WorkerState
+from models import ExitReason, PoolEvent, PoolEventKind, PoolStatus, WorkerState
 
 __all__ = ["LiveView"]
 
@@ -48,7 +48,7 @@ class LiveView:
         self._last: tuple[float, dict[int, int]] | None = None
 
     def note(self, event: PoolEvent) -> None:
-        if event.kind in _SHOWN:
+        if event.kind in _SHOWN and event.reason is not ExitReason.SHUTDOWN:  # a stop on request is no news
             self._events.append((time.time(), event))
 
     def render(self, status: PoolStatus) -> RenderableType:

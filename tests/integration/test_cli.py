@@ -7,6 +7,7 @@ import os
 import pty
 import queue
 import re
+import select
 import signal
 import socket
 import subprocess
@@ -291,30 +292,91 @@ def test_status_of_nothing_listening_exits_1() -> None:
     assert answer.returncode == 1 and "cannot reach" in answer.stderr
 
 
-@pytest.mark.timeout(60)
-def test_the_live_view_renders_on_a_terminal(start_cli: Callable[..., Cli]) -> None:
-    """With stdout a pseudo-terminal the run draws the live view: the header and one row per worker."""
-    leader, follower = pty.openpty()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "pool", "run", "--workers", "3", "--duration", "3", "--assets", "200"],
-        stdout=follower,
-        stderr=subprocess.DEVNULL,
-        env={**os.environ, "COLUMNS": "140", "TERM": "xterm"},
-    )
-    os.close(follower)
-    screen = b""
-    while True:
-        try:
-            chunk = os.read(leader, 65536)
-        except OSError:  # the terminal closed: the run is over
-            break
-        if not chunk:
-            break
-        screen += chunk
-    os.close(leader)
-    assert process.wait(timeout=30) == 0
-    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", screen.decode(errors="replace"))
-    assert "worker-pool running" in text and "memory / cap" in text
-    last_view = text[text.rindex("memory / cap") :]
-    rows = [line for line in last_view.splitlines() if re.match(r"^\s*[0-2]\s+\d+\s+(running|stopping|stopped)", line)]
-    assert sorted({row.split()[0] for row in rows}) == ["0", "1", "2"]
+class Terminal:
+    """``python -m pool ARGS`` with stdout on a pseudo-terminal, so that it draws the live view."""
+
+    def __init__(self, *args: str) -> None:
+        self._leader, follower = pty.openpty()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "pool", *args],
+            stdout=follower,
+            stderr=subprocess.DEVNULL,
+            env={**os.environ, "COLUMNS": "140", "TERM": "xterm"},
+        )
+        os.close(follower)
+        self.text = ""  # everything shown so far, escape codes and carriage returns removed
+
+    def read_until(self, done: Callable[[str], bool], timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not done(self.text):
+            assert time.monotonic() < deadline, f"timed out; the screen ends with {self.text[-1500:]!r}"
+            if not self._read(0.1):
+                assert done(self.text), f"the terminal closed; it ends with {self.text[-1500:]!r}"
+
+    def _read(self, wait: float) -> bool:
+        """Read what arrived within ``wait``; False once the terminal has closed (the run is over)."""
+        if select.select([self._leader], [], [], wait)[0]:
+            try:
+                chunk = os.read(self._leader, 65536)
+            except OSError:
+                return False
+            if not chunk:
+                return False
+            self.text += re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", chunk.decode(errors="replace")).replace("\r", "")
+        return True
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait(timeout=30)
+        os.close(self._leader)
+
+
+def last_view(text: str) -> str:
+    """The last frame of the live view on the screen so far (from its table header), or ''."""
+    start = text.rfind("memory / cap")
+    return text[start:] if start >= 0 else ""
+
+
+def worker_rows(view: str) -> dict[str, list[str]]:
+    """The live view's rows by worker id: id, pid, state, books, ..., restarts."""
+    rows = {}
+    for line in view.splitlines():
+        cells = line.split()
+        if len(cells) >= 7 and cells[0].isdigit() and cells[1].isdigit():
+            rows[cells[0]] = cells
+    return rows
+
+
+@pytest.mark.timeout(90)
+def test_the_live_view_shows_every_worker_and_a_killed_one_coming_back() -> None:
+    """On a terminal the run draws one row per worker; a worker SIGKILLed mid-run shows its exit and
+    restart in the view, its row comes back running with one restart, and the run goes on to exit 0."""
+    terminal = Terminal("run", "--workers", "3", "--assets", "300", "--rate", "5000")
+    try:
+        terminal.read_until(lambda text: len(worker_rows(last_view(text))) == 3)
+        rows = worker_rows(last_view(terminal.text))
+        assert all(row[2] == "running" for row in rows.values())
+        assert "worker-pool running" in terminal.text
+        victim = int(rows["1"][1])
+        os.kill(victim, signal.SIGKILL)
+
+        def came_back(text: str) -> bool:
+            row = worker_rows(last_view(text)).get("1")
+            return (
+                "worker 1 worker_restarted" in text
+                and row is not None
+                and row[1] != str(victim)
+                and row[2] == "running"
+                and row[-1] == "1"
+            )
+
+        terminal.read_until(came_back)
+        assert "worker 1 worker_exited" in terminal.text
+        terminal.process.send_signal(signal.SIGTERM)
+        terminal.read_until(lambda text: text.rstrip().endswith("}") and '"pool_status": "stopped"' in text)
+        assert terminal.process.wait(timeout=30) == 0  # a worker that came back is not a failure
+        final = json.loads(terminal.text[terminal.text.index('\n{\n  "pool_status"') :])
+        assert final["restarts"] == 1 and all(worker["messages"] > 0 for worker in final["workers"].values())
+    finally:
+        terminal.close()

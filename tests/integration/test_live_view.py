@@ -48,3 +48,5 @@ def test_one_row_per_worker_and_a_restart_shows_while_the_run_goes_on() -> None:
         new_pid = pool.get_status().workers[1].pid
         row = next(line.split() for line in text.splitlines() if line.split()[:2] == ["1", str(new_pid)])
         assert row[2] == "running" and row[-1] == "1"  # the restarts column
+    # The pool's own stop is no news: the shutdown exits are not listed.
+    assert "exit code 0" not in rendered(view, pool)
