@@ -354,9 +354,13 @@ def test_the_live_view_shows_every_worker_and_a_killed_one_coming_back() -> None
     restart in the view, its row comes back running with one restart, and the run goes on to exit 0."""
     terminal = Terminal("run", "--workers", "3", "--assets", "300", "--rate", "5000")
     try:
-        terminal.read_until(lambda text: len(worker_rows(last_view(text))) == 3)
+
+        def all_running(text: str) -> bool:  # frames drawn during start-up show them "starting"
+            rows = worker_rows(last_view(text))
+            return len(rows) == 3 and all(row[2] == "running" for row in rows.values())
+
+        terminal.read_until(all_running)
         rows = worker_rows(last_view(terminal.text))
-        assert all(row[2] == "running" for row in rows.values())
         assert "worker-pool running" in terminal.text
         victim = int(rows["1"][1])
         os.kill(victim, signal.SIGKILL)
