@@ -7,7 +7,7 @@ import types
 
 import pytest
 
-PACKAGES = ["pool", "models", "monitors"]
+PACKAGES = ["pool", "models", "monitors", "feeds"]
 # Names a package re-exports for convenience from the package that defines them.
 REEXPORTS = {"pool": {"PoolConfig": "models"}}
 
