@@ -115,6 +115,13 @@ class ReferenceSource:
             return [self.reference.snapshot(a) for a in asset_ids if a in self.reference.bids]
 
 
+def rest_shape(frame: bytes) -> bytes:
+    """A `book` frame as the REST API sends it: the same object without `event_type`."""
+    book = msgspec.json.decode(frame)
+    book.pop("event_type", None)
+    return msgspec.json.encode(book)
+
+
 def as_decimals(pairs: Iterable[tuple[str, str]]) -> list[tuple[Decimal, Decimal]]:
     return [(Decimal(p), Decimal(s)) for p, s in pairs]
 

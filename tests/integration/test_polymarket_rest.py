@@ -17,20 +17,13 @@ from pool import PersistentWorkerPool
 from pool._synthetic import SyntheticMarket
 from tests.integration.clob_server import ClobServer
 from tests.integration.test_supervision import assert_exact, config, owned_by, publish_tracked
-from tests.support import ReferenceBooks, ReferenceSource, wait_for
+from tests.support import ReferenceBooks, ReferenceSource, rest_shape, wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "polymarket"
 RECORDED = (FIXTURES / "rest_book_2024-09.json").read_bytes()  # a real GET /book answer (no timestamp)
 RECORDED_ID = msgspec.json.decode(RECORDED)["asset_id"]
-
-
-def rest_shape(frame: bytes) -> bytes:
-    """A `book` frame as the REST API sends it: the same object without `event_type`."""
-    book = msgspec.json.decode(frame)
-    book.pop("event_type", None)
-    return msgspec.json.encode(book)
 
 
 def canonical(frames: list[bytes]) -> list[bytes]:

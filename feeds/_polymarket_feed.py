@@ -1,0 +1,193 @@
+"""`PolymarketFeed`: the CLOB market channel over WebSocket, handed to a pool frame by frame.
+
+The feed subscribes to its asset ids, sends the text ``PING`` the service expects every
+``ping_interval`` seconds, and publishes each frame's raw bytes to the pool (which decodes only the asset
+ids in the parent). When the connection drops it reconnects with capped exponential backoff and jitter
+and subscribes again; the service then sends a fresh `book` for every asset (the initial dump), which
+replaces whatever was missed while disconnected.
+
+Frames larger than ``max_frame_bytes`` are counted (`FeedStats.oversized`) and skipped; frames that are
+not valid market data are counted and skipped by the pool (``frames_rejected``). Neither ends the
+connection.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import time
+from collections.abc import Iterable
+from types import TracebackType
+from typing import Any
+
+import anyio
+import msgspec
+import structlog
+
+from ._websocket import ConnectionClosed, WebSocket, _Oversized
+
+__all__ = ["DEFAULT_WS_URL", "FeedStats", "PolymarketFeed"]
+
+DEFAULT_WS_URL = "wss://ws-subscriptions-clob.polymarket.com/ws/market"
+
+
+class FeedStats(msgspec.Struct, frozen=True, kw_only=True):
+    """The feed at a glance. ``last_frame_age`` is seconds since the last frame (``None`` before one)."""
+
+    connected: bool
+    reconnects: int
+    frames: int
+    bytes: int
+    oversized: int
+    subscribed: int
+    last_frame_age: float | None
+
+
+class PolymarketFeed:
+    """Feeds ``pool`` (an async `PersistentWorkerPool`, inside its ``async with``) from the market channel.
+
+    Use ``async with PolymarketFeed(pool, ids) as feed:`` (it runs in the background until the block
+    ends) or ``await feed.run()`` (until cancelled).
+
+    Args:
+        asset_ids: the tokens to subscribe to; `subscribe` and `unsubscribe` change them while running.
+        url: the market channel's endpoint (a local server in tests).
+        ping_interval: seconds between keep-alive ``PING`` text frames.
+        max_frame_bytes: larger frames are counted and skipped.
+        backoff, max_backoff: the first reconnect delay and its cap (doubling, with up to 50% jitter).
+        open_timeout: seconds to connect and complete the handshake.
+    """
+
+    def __init__(
+        self,
+        pool: Any,
+        asset_ids: Iterable[str],
+        *,
+        url: str = DEFAULT_WS_URL,
+        ping_interval: float = 10.0,
+        max_frame_bytes: int = 4 * 1024 * 1024,
+        backoff: float = 0.5,
+        max_backoff: float = 30.0,
+        open_timeout: float = 10.0,
+    ) -> None:
+        for name, value in (
+            ("ping_interval", ping_interval),
+            ("max_frame_bytes", max_frame_bytes),
+            ("max_backoff", max_backoff),
+            ("open_timeout", open_timeout),
+        ):
+            if value <= 0:
+                raise ValueError(f"PolymarketFeed {name} must be positive, got {value!r}")
+        if backoff < 0:
+            raise ValueError(f"PolymarketFeed backoff must be >= 0, got {backoff!r}")
+        self._pool = pool
+        self._assets = dict.fromkeys(asset_ids)  # ordered and unique
+        self.url = url
+        self._ping_interval = ping_interval
+        self._max_frame_bytes = max_frame_bytes
+        self._backoff = backoff
+        self._max_backoff = max_backoff
+        self._open_timeout = open_timeout
+        self._socket: WebSocket | None = None
+        self._connections = 0
+        self._frames = 0
+        self._bytes = 0
+        self._oversized = 0
+        self._last_frame: float | None = None
+        self._tasks: anyio.abc.TaskGroup | None = None
+        self._log = structlog.get_logger("feeds.polymarket").bind(url=url)
+
+    @property
+    def stats(self) -> FeedStats:
+        return FeedStats(
+            connected=self._socket is not None,
+            reconnects=max(0, self._connections - 1),
+            frames=self._frames,
+            bytes=self._bytes,
+            oversized=self._oversized,
+            subscribed=len(self._assets),
+            last_frame_age=None if self._last_frame is None else time.monotonic() - self._last_frame,
+        )
+
+    async def __aenter__(self) -> PolymarketFeed:
+        self._tasks = anyio.create_task_group()
+        await self._tasks.__aenter__()
+        self._tasks.start_soon(self.run)
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> bool | None:
+        assert self._tasks is not None
+        self._tasks.cancel_scope.cancel()
+        return await self._tasks.__aexit__(exc_type, exc, tb)
+
+    async def subscribe(self, asset_ids: Iterable[str]) -> None:
+        """Add assets; if connected, ask the service for them now (their `book` arrives first)."""
+        new = [asset_id for asset_id in asset_ids if asset_id not in self._assets]
+        self._assets.update(dict.fromkeys(new))
+        await self._send_operation("subscribe", new)
+
+    async def unsubscribe(self, asset_ids: Iterable[str]) -> None:
+        """Drop assets from the subscription (their books stay in the pool as they are)."""
+        gone = [asset_id for asset_id in asset_ids if asset_id in self._assets]
+        for asset_id in gone:
+            del self._assets[asset_id]
+        await self._send_operation("unsubscribe", gone)
+
+    async def run(self) -> None:
+        """Connect, subscribe, publish every frame; reconnect whenever the connection ends. Until cancelled."""
+        delay = self._backoff
+        while True:
+            try:
+                socket = await WebSocket.connect(
+                    self.url, max_message_bytes=self._max_frame_bytes, open_timeout=self._open_timeout
+                )
+            except ConnectionClosed as exc:
+                self._log.warning("feed_connect_failed", error=str(exc), retry_in=round(delay, 3))
+            else:
+                delay = self._backoff  # a connection that opened resets the backoff
+                await self._serve(socket)
+            await anyio.sleep(delay * (1 + random.random() / 2))
+            delay = min(self._max_backoff, max(delay * 2, 0.01))
+
+    async def _serve(self, socket: WebSocket) -> None:
+        self._connections += 1
+        self._socket = socket
+        self._log.info("feed_connected", assets=len(self._assets), reconnects=self._connections - 1)
+        try:
+            await socket.send_text(msgspec.json.encode({"assets_ids": list(self._assets), "type": "market"}).decode())
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(self._keep_alive, socket)
+                await self._receive(socket)
+                tasks.cancel_scope.cancel()
+        except* ConnectionClosed as closed:  # from the receiver or the keep-alive, whichever saw it first
+            self._log.warning("feed_disconnected", error=str(closed.exceptions[0]))
+        finally:
+            self._socket = None
+            with anyio.CancelScope(shield=True):
+                await socket.aclose()
+
+    async def _receive(self, socket: WebSocket) -> None:
+        while True:
+            message = await socket.receive()
+            self._last_frame = time.monotonic()
+            if isinstance(message, _Oversized):
+                self._oversized += 1
+                self._log.warning("feed_frame_oversized", max_frame_bytes=self._max_frame_bytes)
+                continue
+            frame = message.encode() if isinstance(message, str) else message
+            self._frames += 1
+            self._bytes += len(frame)
+            await self._pool.publish(frame)
+
+    async def _keep_alive(self, socket: WebSocket) -> None:
+        while True:
+            await anyio.sleep(self._ping_interval)
+            await socket.send_text("PING")
+
+    async def _send_operation(self, operation: str, asset_ids: list[str]) -> None:
+        if asset_ids and self._socket is not None:
+            message = {"assets_ids": asset_ids, "operation": operation}
+            with contextlib.suppress(ConnectionClosed):  # the reconnect subscribes to the current set anyway
+                await self._socket.send_text(msgspec.json.encode(message).decode())

@@ -1,0 +1,114 @@
+"""A local stand-in for Polymarket's market channel: a real WebSocket server on 127.0.0.1.
+
+It runs the ``websockets`` library's asyncio server on a thread of its own, so it is independent of the
+backend the test runs the pool on. Each connection waits for the subscription, answers it with a `book`
+for every subscribed asset it knows (the initial dump, from its reference of everything it has sent),
+then replays ``stream`` from where the last connection stopped. ``drop_after`` cuts the TCP connection
+after that many stream frames, once, as a network failure would. ``pause_every`` sleeps a millisecond
+after that many frames, so that a test can act in the middle of the replay. ``PING`` gets ``PONG``.
+`rest_books` serves the same reference in the REST shape, for a local CLOB server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import threading
+from typing import Any
+
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+
+from tests.support import ReferenceBooks, rest_shape
+
+
+class MarketServer:
+    def __init__(
+        self, initial: list[bytes], stream: list[bytes], *, drop_after: int | None = None, pause_every: int = 0
+    ) -> None:
+        self.lock = threading.Lock()  # the reference is read by other threads (`rest_books`)
+        self.pause_every = pause_every
+        self.reference = ReferenceBooks()
+        self.reference.apply_frames(initial)
+        self.stream = stream
+        self.position = 0  # stream frames sent so far, over all connections
+        self.sent = 0  # frames sent in all, dumps included
+        self.drop_after = drop_after
+        self.connections = 0
+        self.subscriptions: list[dict[str, Any]] = []
+        self.pings = 0
+        self.finished = threading.Event()  # the whole stream has been sent
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._stop: asyncio.Event | None = None
+        self.port = 0
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def rest_books(self, asset_ids: list[str]) -> list[bytes]:
+        """The current books of ``asset_ids`` as ``GET /book`` would answer (no ``event_type``)."""
+        with self.lock:
+            frames = [self.reference.snapshot(a) for a in asset_ids if a in self.reference.bids]
+        return [rest_shape(frame) for frame in frames]
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/ws/market"
+
+    def __enter__(self) -> MarketServer:
+        self._thread.start()
+        self._ready.wait(10)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._stop is not None
+        self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        self._loop.run_until_complete(self._main())
+        self._loop.close()
+
+    async def _main(self) -> None:
+        self._stop = asyncio.Event()
+        async with serve(self._handle, "127.0.0.1", 0, max_size=None) as server:
+            self.port = next(iter(server.sockets)).getsockname()[1]
+            self._ready.set()
+            await self._stop.wait()
+
+    async def _handle(self, connection: ServerConnection) -> None:
+        with contextlib.suppress(ConnectionClosed):  # the client left: the test is over, or it reconnects
+            await self._serve(connection)
+
+    async def _serve(self, connection: ServerConnection) -> None:
+        self.connections += 1
+        subscription = json.loads(await connection.recv())
+        self.subscriptions.append(subscription)
+        with self.lock:
+            dump = [self.reference.snapshot(a) for a in subscription["assets_ids"] if a in self.reference.bids]
+        for frame in dump:
+            await self._send(connection, frame)
+        sent_here = 0
+        while self.position < len(self.stream):
+            if self.drop_after is not None and sent_here == self.drop_after:
+                self.drop_after = None
+                connection.transport.abort()  # no closing handshake: a dropped network
+                return
+            frame = self.stream[self.position]
+            self.position += 1
+            sent_here += 1
+            if frame.startswith(b"{") or frame.startswith(b"["):
+                with self.lock, contextlib.suppress(ValueError, KeyError, TypeError):  # garbage put in on purpose
+                    self.reference.apply_frames([frame])
+            await self._send(connection, frame)
+            if self.pause_every and not sent_here % self.pause_every:
+                await asyncio.sleep(0.001)
+        self.finished.set()
+        async for message in connection:  # stay open; answer keep-alives
+            if message == "PING":
+                self.pings += 1
+                await connection.send("PONG")
+
+    async def _send(self, connection: ServerConnection, frame: bytes) -> None:
+        await connection.send(frame.decode())
+        self.sent += 1

@@ -1,0 +1,130 @@
+"""`PolymarketFeed` against a local market-channel server: replay, a dropped connection, bad frames."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import anyio
+import pytest
+
+from feeds import PolymarketFeed, PolymarketRestSource
+from pool import PersistentWorkerPool, PoolConfig
+from pool._synthetic import SyntheticMarket
+from tests.integration.clob_server import ClobServer
+from tests.integration.market_server import MarketServer
+from tests.support import ReferenceBooks, as_decimals, sequence_objects
+
+pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
+
+RECORDED = [frame for frame in sequence_objects("sequence_2025-10_price_change_v2.txt") if b'"event_type"' in frame]
+
+
+def scenario(updates: int, seed: int) -> tuple[SyntheticMarket, list[bytes], list[bytes]]:
+    """A market's initial books, and a stream: recorded frames (a real book and its price changes)
+    around synthetic updates."""
+    market = SyntheticMarket(100, seed=seed)
+    initial = market.snapshots()
+    stream = [RECORDED[0], RECORDED[1], *market.updates(updates), RECORDED[2]]
+    return market, initial, stream
+
+
+def subscribed(market: SyntheticMarket) -> list[str]:
+    recorded_asset = ReferenceBooks()
+    recorded_asset.apply_frames(RECORDED[:1])
+    return [*market.asset_ids, *recorded_asset.bids]
+
+
+async def settle(pool: PersistentWorkerPool, feed: PolymarketFeed, server: MarketServer) -> None:
+    """Wait until the server has sent everything and the feed has handed all of it to the pool."""
+    with anyio.fail_after(30):
+        while not (server.finished.is_set() and feed.stats.frames >= server.sent):
+            await anyio.sleep(0.01)
+    await pool.flush()
+
+
+async def assert_books_equal(pool: PersistentWorkerPool, reference: ReferenceBooks) -> None:
+    for asset_id in reference.bids:
+        view = await pool.get_book(asset_id)
+        assert not view.stale, asset_id
+        bids, asks = reference.levels(asset_id)
+        assert as_decimals(view.bids) == bids, asset_id
+        assert as_decimals(view.asks) == asks, asset_id
+
+
+async def test_replay_then_a_dropped_connection_ends_with_exact_books(anyio_backend: str) -> None:
+    """The feed subscribes, applies the dump and the stream; the server drops the connection midway; the
+    feed reconnects, subscribes again, and every book ends equal to what the server sent."""
+    market, initial, stream = scenario(3_000, seed=21)
+    with MarketServer(initial, stream, drop_after=1_000) as server:
+        async with (
+            PersistentWorkerPool(PoolConfig(worker_count=2, heartbeat_interval=0.5)) as pool,
+            PolymarketFeed(pool, subscribed(market), url=server.url, backoff=0.05) as feed,
+        ):
+            await settle(pool, feed, server)
+            assert feed.stats.reconnects == 1 and feed.stats.connected
+            await assert_books_equal(pool, server.reference)
+            status = pool.get_status()
+            assert status.frames_rejected == 0
+    assert server.connections == 2
+    assert [s["type"] for s in server.subscriptions] == ["market", "market"]
+    assert all(sorted(s["assets_ids"]) == sorted(subscribed(market)) for s in server.subscriptions)
+
+
+async def test_garbage_and_oversized_frames_are_counted_and_skipped(anyio_backend: str) -> None:
+    market, initial, stream = scenario(500, seed=22)
+    huge = b'{"event_type": "price_change", "padding": "' + b"x" * 100_000 + b'"}'
+    stream[100:100] = [b"garbage, not json", huge, b'{"event_type": "book", "asset_id": 7}']
+    with MarketServer(initial, stream) as server:
+        async with PersistentWorkerPool(PoolConfig(worker_count=2, heartbeat_interval=0.5)) as pool:
+            feed = PolymarketFeed(pool, subscribed(market), url=server.url, max_frame_bytes=65_536)
+            async with feed:
+                with anyio.fail_after(30):
+                    while not (server.finished.is_set() and feed.stats.frames + feed.stats.oversized >= server.sent):
+                        await anyio.sleep(0.01)
+                await pool.flush()
+                assert feed.stats.oversized == 1 and feed.stats.reconnects == 0
+                assert pool.get_status().frames_rejected == 2  # the garbage and the malformed book
+                await assert_books_equal(pool, server.reference)
+
+
+async def test_keep_alive_pings_and_subscription_changes(anyio_backend: str) -> None:
+    market, initial, stream = scenario(10, seed=23)
+    with MarketServer(initial, stream) as server:
+        async with (
+            PersistentWorkerPool(PoolConfig(worker_count=1, heartbeat_interval=0.5)) as pool,
+            PolymarketFeed(pool, market.asset_ids[:10], url=server.url, ping_interval=0.05) as feed,
+        ):
+            with anyio.fail_after(10):
+                while server.pings < 2:
+                    await anyio.sleep(0.01)
+            assert feed.stats.subscribed == 10
+            await feed.unsubscribe(market.asset_ids[:2])
+            await feed.subscribe(market.asset_ids[10:12])
+            assert feed.stats.subscribed == 10 and feed.stats.connected
+
+
+async def test_a_worker_killed_during_the_replay_is_rebuilt_through_rest(anyio_backend: str) -> None:
+    """A SIGKILL in the middle of the stream: the slot's books come back through the REST source (a local
+    CLOB server answering with the market server's books) and every book ends exact."""
+    market = SyntheticMarket(200, seed=24)
+    initial, stream = market.snapshots(), list(market.updates(20_000))
+    with MarketServer(initial, stream, pause_every=20) as server, ClobServer(server.rest_books) as clob:
+        config = PoolConfig(worker_count=2, heartbeat_interval=0.5)
+        async with (
+            PersistentWorkerPool(config, snapshot_source=PolymarketRestSource(clob.url)) as pool,
+            PolymarketFeed(pool, market.asset_ids, url=server.url) as feed,
+        ):
+            with anyio.fail_after(30):
+                while feed.stats.frames < 3_000:
+                    await anyio.sleep(0.01)
+            victim = pool.get_status().workers[0].pid
+            assert victim is not None
+            os.kill(victim, signal.SIGKILL)
+            with anyio.fail_after(30):
+                while not (pool.get_status().workers[0].restarts == 1 and pool.is_healthy()):
+                    await anyio.sleep(0.01)
+            assert not server.finished.is_set(), "the kill should land in the middle of the replay"
+            await settle(pool, feed, server)
+            await assert_books_equal(pool, server.reference)
+    assert "POST /books" in clob.requests
