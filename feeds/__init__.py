@@ -5,19 +5,18 @@ current books over REST and plugs into the pool as its ``snapshot_source``, so a
 its books from the exchange.
 """
 
-from ._polymarket_feed import DEFAULT_WS_URL, FeedStats, PolymarketFeed
+from ._polymarket_feed import DEFAULT_WS_URL, PolymarketFeed
 from ._polymarket_rest import DEFAULT_REST_URL, PolymarketRestSource, RestSourceError, UnknownBookError
 
 __all__ = [
     "DEFAULT_REST_URL",
     "DEFAULT_WS_URL",
-    "FeedStats",
     "PolymarketFeed",
     "PolymarketRestSource",
     "RestSourceError",
     "UnknownBookError",
 ]
 
-for _cls in (FeedStats, PolymarketFeed, PolymarketRestSource, RestSourceError, UnknownBookError):
+for _cls in (PolymarketFeed, PolymarketRestSource, RestSourceError, UnknownBookError):
     _cls.__module__ = __name__  # reprs and docs show the public home, not the private module
 del _cls

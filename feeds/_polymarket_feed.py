@@ -24,23 +24,13 @@ import anyio
 import msgspec
 import structlog
 
+from models import FeedStatus
+
 from ._websocket import ConnectionClosed, WebSocket, _Oversized
 
-__all__ = ["DEFAULT_WS_URL", "FeedStats", "PolymarketFeed"]
+__all__ = ["DEFAULT_WS_URL", "PolymarketFeed"]
 
 DEFAULT_WS_URL = "wss://ws-subscriptions-clob.polymarket.com/ws/market"
-
-
-class FeedStats(msgspec.Struct, frozen=True, kw_only=True):
-    """The feed at a glance. ``last_frame_age`` is seconds since the last frame (``None`` before one)."""
-
-    connected: bool
-    reconnects: int
-    frames: int
-    bytes: int
-    oversized: int
-    subscribed: int
-    last_frame_age: float | None
 
 
 class PolymarketFeed:
@@ -56,6 +46,7 @@ class PolymarketFeed:
         max_frame_bytes: larger frames are counted and skipped.
         backoff, max_backoff: the first reconnect delay and its cap (doubling, with up to 50% jitter).
         open_timeout: seconds to connect and complete the handshake.
+        name: its key in the pool's ``get_status().feeds``.
     """
 
     def __init__(
@@ -69,18 +60,20 @@ class PolymarketFeed:
         backoff: float = 0.5,
         max_backoff: float = 30.0,
         open_timeout: float = 10.0,
+        name: str = "polymarket",
     ) -> None:
-        for name, value in (
+        for setting, value in (
             ("ping_interval", ping_interval),
             ("max_frame_bytes", max_frame_bytes),
             ("max_backoff", max_backoff),
             ("open_timeout", open_timeout),
         ):
             if value <= 0:
-                raise ValueError(f"PolymarketFeed {name} must be positive, got {value!r}")
+                raise ValueError(f"PolymarketFeed {setting} must be positive, got {value!r}")
         if backoff < 0:
             raise ValueError(f"PolymarketFeed backoff must be >= 0, got {backoff!r}")
         self._pool = pool
+        self.name = name
         self._assets = dict.fromkeys(asset_ids)  # ordered and unique
         self.url = url
         self._ping_interval = ping_interval
@@ -98,8 +91,10 @@ class PolymarketFeed:
         self._log = structlog.get_logger("feeds.polymarket").bind(url=url)
 
     @property
-    def stats(self) -> FeedStats:
-        return FeedStats(
+    def stats(self) -> FeedStatus:
+        """The feed at a glance; also in the pool's `get_status().feeds[name]` while it runs."""
+        return FeedStatus(
+            name=self.name,
             connected=self._socket is not None,
             reconnects=max(0, self._connections - 1),
             frames=self._frames,
@@ -137,6 +132,13 @@ class PolymarketFeed:
 
     async def run(self) -> None:
         """Connect, subscribe, publish every frame; reconnect whenever the connection ends. Until cancelled."""
+        detach = self._pool.attach_feed(self.name, lambda: self.stats)
+        try:
+            await self._reconnect_forever()
+        finally:
+            detach()
+
+    async def _reconnect_forever(self) -> None:
         delay = self._backoff
         while True:
             try:

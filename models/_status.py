@@ -206,6 +206,23 @@ class MemoryStatus(msgspec.Struct, frozen=True, kw_only=True):
     pressure: bool
 
 
+class FeedStatus(msgspec.Struct, frozen=True, kw_only=True):
+    """A market-data feed attached to the pool (e.g. `feeds.PolymarketFeed`), as `PoolStatus.feeds` shows it.
+
+    ``frames`` and ``bytes`` count what the feed received and published; ``oversized`` the frames it
+    skipped for their size; ``last_frame_age`` is seconds since the last frame (``None`` before one).
+    """
+
+    name: str
+    connected: bool
+    reconnects: int
+    frames: int
+    bytes: int
+    oversized: int
+    subscribed: int
+    last_frame_age: float | None
+
+
 class PoolStatus(msgspec.Struct, frozen=True, kw_only=True):
     """The whole pool at a glance, built from state the parent already holds (no round trip).
 
@@ -228,3 +245,4 @@ class PoolStatus(msgspec.Struct, frozen=True, kw_only=True):
     frames_unroutable: int
     total_books: int
     restarts: int
+    feeds: dict[str, FeedStatus] = msgspec.field(default_factory=dict)

@@ -30,7 +30,7 @@ from prometheus_client.registry import Collector
 
 from models import BATCH_SECONDS_BOUNDS, PoolState, PoolStatus, WorkerState, WorkerStats
 
-__all__ = ["METRIC_NAMES", "MetricsServer", "PoolCollector"]
+__all__ = ["FEED_METRIC_NAMES", "METRIC_NAMES", "MetricsServer", "PoolCollector"]
 
 Snapshot = tuple[PoolStatus, dict[int, WorkerStats]]
 
@@ -46,6 +46,14 @@ METRIC_NAMES = (
     "worker_pool_worker_up",
     "worker_pool_state",
     "worker_pool_batch_apply_seconds",
+)
+# The families of attached feeds (`PoolStatus.feeds`), labelled by ``feed``; absent when no feed runs.
+FEED_METRIC_NAMES = (
+    "worker_pool_feed_connected",
+    "worker_pool_feed_reconnects",
+    "worker_pool_feed_frames",
+    "worker_pool_feed_bytes",
+    "worker_pool_feed_last_frame_age_seconds",
 )
 
 
@@ -93,6 +101,27 @@ class PoolCollector(Collector):
             value={s.value: s is status.pool_status for s in PoolState},
         )
         yield from (messages, updates, errors, restarts, books, memory, ratio, up, state, apply_time)
+        yield from _feed_metrics(status)
+
+
+def _feed_metrics(status: PoolStatus) -> Iterator[Metric]:
+    """One sample per attached feed (`PoolStatus.feeds`), labelled by ``feed``."""
+    labels = ["feed"]
+    connected = GaugeMetricFamily("worker_pool_feed_connected", "1 while the feed is connected.", labels=labels)
+    reconnects = CounterMetricFamily("worker_pool_feed_reconnects", "Reconnections of the feed.", labels=labels)
+    frames = CounterMetricFamily("worker_pool_feed_frames", "Frames the feed received.", labels=labels)
+    received = CounterMetricFamily("worker_pool_feed_bytes", "Bytes of those frames.", labels=labels)
+    age = GaugeMetricFamily(
+        "worker_pool_feed_last_frame_age_seconds", "Seconds since the feed's last frame.", labels=labels
+    )
+    for name, feed in sorted(status.feeds.items()):
+        connected.add_metric([name], 1.0 if feed.connected else 0.0)
+        reconnects.add_metric([name], feed.reconnects)
+        frames.add_metric([name], feed.frames)
+        received.add_metric([name], feed.bytes)
+        if feed.last_frame_age is not None:
+            age.add_metric([name], feed.last_frame_age)
+    yield from (connected, reconnects, frames, received, age)
 
 
 def _cumulative(counts: Iterable[int]) -> list[tuple[str, float]]:

@@ -61,6 +61,7 @@ from models import (
     BookView,
     Event,
     ExitReason,
+    FeedStatus,
     MessageError,
     PoolConfig,
     PoolEvent,
@@ -176,6 +177,7 @@ class PersistentWorkerPool:
         self._published = 0
         self._rejected = 0
         self._unroutable = 0
+        self._feeds: dict[str, Callable[[], FeedStatus]] = {}
         self._started_at: float | None = None
         self.memory_monitor = MemoryMonitor.from_config(config)
         self._memory_watch: MemoryWatch | None = None
@@ -324,6 +326,7 @@ class PersistentWorkerPool:
             frames_unroutable=self._unroutable,
             total_books=sum(s.books for s in workers.values()),
             restarts=sum(s.restarts for s in workers.values()),
+            feeds={name: read() for name, read in self._feeds.items()},
         )
 
     def get_stats(self) -> dict[int, WorkerStats]:
@@ -337,6 +340,21 @@ class PersistentWorkerPool:
     def get_alive_count(self) -> int:
         """How many worker processes are alive."""
         return sum(1 for h in self._handles if h.state in (WorkerState.RUNNING, WorkerState.STOPPING))
+
+    def attach_feed(self, name: str, read: Callable[[], FeedStatus]) -> Callable[[], None]:
+        """Show a market-data feed in `get_status` (``feeds[name]``, from ``read()`` at each call).
+
+        Feeds attach themselves (`feeds.PolymarketFeed` does while it runs); returns a function that
+        detaches it. Raises ``ValueError`` if a feed of that name is attached already.
+        """
+        if name in self._feeds:
+            raise ValueError(f"a feed named {name!r} is attached already; give the second one another name")
+        self._feeds[name] = read
+
+        def detach() -> None:
+            self._feeds.pop(name, None)
+
+        return detach
 
     def add_listener(self, listener: Listener) -> Callable[[], None]:
         """Call ``listener(event)`` for every lifecycle `PoolEvent`; returns a function that removes it.

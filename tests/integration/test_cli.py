@@ -23,7 +23,10 @@ from typing import Any
 import psutil
 import pytest
 
-from pool._metrics import METRIC_NAMES
+from pool._metrics import FEED_METRIC_NAMES, METRIC_NAMES
+from pool._synthetic import SyntheticMarket
+from tests.integration.clob_server import ClobServer
+from tests.integration.market_server import MarketServer
 from tests.support import wait_for
 
 # Small and quick: the simulated market with 200 books at 5,000 updates/s.
@@ -186,7 +189,17 @@ def test_environment_beats_the_file_and_flags_beat_the_environment(
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize(
     "args",
-    [[], ["run", "--rate", "0"], ["run", "--workers", "two"], ["run", "--metrics-port", "70000"], ["nonsense"]],
+    [
+        [],
+        ["run", "--rate", "0"],
+        ["run", "--workers", "two"],
+        ["run", "--metrics-port", "70000"],
+        ["run", "--assets", "many"],
+        ["run", "--ws-url", "ws://127.0.0.1:1"],
+        ["run", "--source", "polymarket"],
+        ["run", "--source", "polymarket", "--assets", "12,abc"],
+        ["nonsense"],
+    ],
 )
 def test_bad_usage_exits_2(args: list[str]) -> None:
     done = subprocess.run([sys.executable, "-m", "pool", *args], capture_output=True, text=True, timeout=30)
@@ -384,3 +397,36 @@ def test_the_live_view_shows_every_worker_and_a_killed_one_coming_back() -> None
         assert final["restarts"] == 1 and all(worker["messages"] > 0 for worker in final["workers"].values())
     finally:
         terminal.close()
+
+
+@pytest.mark.timeout(90)
+def test_the_polymarket_source_runs_on_local_servers(tmp_path: Path, start_cli: Callable[..., Cli]) -> None:
+    """`--source polymarket` against a local market channel and CLOB: the feed fills every book, its
+    figures are in the status and on /metrics, and the run stops cleanly."""
+    market = SyntheticMarket(40, seed=31)
+    assets = tmp_path / "assets.txt"
+    assets.write_text("# the tokens to follow\n" + "\n".join(market.asset_ids) + "\n")
+    with MarketServer(market.snapshots(), list(market.updates(500))) as server, ClobServer(server.rest_books) as clob:
+        run = start_cli(
+            "run", "--source", "polymarket", "--assets-file", str(assets), "--ws-url", server.url,
+            "--rest-url", clob.url, "--workers", "2", "--metrics-port", "0", "--log-format", "json",
+        )  # fmt: skip
+        port = run.wait_for_event("run_started")["metrics_port"]
+        wait_for(server.finished.is_set, timeout=30, what="the market server to send its whole stream")
+
+        def fed() -> bool:
+            samples = scrape(port)
+            return samples.get('worker_pool_feed_frames_total{feed="polymarket"}', 0) >= server.sent
+
+        wait_for(fed, timeout=30, what="the feed to have published every frame")
+        samples = scrape(port)
+        for name in FEED_METRIC_NAMES:
+            assert any(sample.startswith(name) for sample in samples), f"{name} missing from /metrics"
+        assert samples['worker_pool_feed_connected{feed="polymarket"}'] == 1.0
+        run.process.send_signal(signal.SIGTERM)
+        code, stdout = run.finish(timeout=30)
+    assert code == 0
+    status = json.loads(stdout)
+    assert status["total_books"] == len(market.asset_ids)
+    assert status["feeds"] == {}  # the feed detached when the run stopped
+    assert status["messages_published"] >= server.sent

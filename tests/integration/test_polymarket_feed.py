@@ -66,6 +66,9 @@ async def test_replay_then_a_dropped_connection_ends_with_exact_books(anyio_back
             await assert_books_equal(pool, server.reference)
             status = pool.get_status()
             assert status.frames_rejected == 0
+            shown = status.feeds["polymarket"]  # the pool's status shows the feed
+            assert shown.reconnects == 1 and shown.connected and shown.frames == server.sent
+            assert shown.last_frame_age is not None and shown.bytes > shown.frames
     assert server.connections == 2
     assert [s["type"] for s in server.subscriptions] == ["market", "market"]
     assert all(sorted(s["assets_ids"]) == sorted(subscribed(market)) for s in server.subscriptions)
@@ -91,17 +94,18 @@ async def test_garbage_and_oversized_frames_are_counted_and_skipped(anyio_backen
 async def test_keep_alive_pings_and_subscription_changes(anyio_backend: str) -> None:
     market, initial, stream = scenario(10, seed=23)
     with MarketServer(initial, stream) as server:
-        async with (
-            PersistentWorkerPool(PoolConfig(worker_count=1, heartbeat_interval=0.5)) as pool,
-            PolymarketFeed(pool, market.asset_ids[:10], url=server.url, ping_interval=0.05) as feed,
-        ):
-            with anyio.fail_after(10):
-                while server.pings < 2:
-                    await anyio.sleep(0.01)
-            assert feed.stats.subscribed == 10
-            await feed.unsubscribe(market.asset_ids[:2])
-            await feed.subscribe(market.asset_ids[10:12])
-            assert feed.stats.subscribed == 10 and feed.stats.connected
+        async with PersistentWorkerPool(PoolConfig(worker_count=1, heartbeat_interval=0.5)) as pool:
+            feed = PolymarketFeed(pool, market.asset_ids[:10], url=server.url, ping_interval=0.05)
+            async with feed:
+                with anyio.fail_after(10):
+                    while server.pings < 2:
+                        await anyio.sleep(0.01)
+                assert feed.stats.subscribed == 10
+                await feed.unsubscribe(market.asset_ids[:2])
+                await feed.subscribe(market.asset_ids[10:12])
+                assert feed.stats.subscribed == 10 and feed.stats.connected
+                assert pool.get_status().feeds["polymarket"].subscribed == 10
+            assert "polymarket" not in pool.get_status().feeds  # detached when it stopped
 
 
 async def test_a_worker_killed_during_the_replay_is_rebuilt_through_rest(anyio_backend: str) -> None:
