@@ -130,6 +130,18 @@ class PolymarketFeed:
             del self._assets[asset_id]
         await self._send_operation("unsubscribe", gone)
 
+    async def resubscribe(self, asset_ids: Iterable[str]) -> None:
+        """Ask the service again for assets already subscribed to, so that it sends a fresh `book` for each.
+
+        Made for the pool's ``on_resync``: books a replaced worker could not rebuild from a snapshot come
+        back from the feed itself. Not connected, it does nothing: the next connection subscribes to
+        everything, and that brings every `book` anyway.
+        """
+        again = [asset_id for asset_id in asset_ids if asset_id in self._assets]
+        self._log.info("feed_resubscribing", assets=len(again))
+        await self._send_operation("unsubscribe", again)
+        await self._send_operation("subscribe", again)
+
     async def run(self) -> None:
         """Connect, subscribe, publish every frame; reconnect whenever the connection ends. Until cancelled."""
         detach = self._pool.attach_feed(self.name, lambda: self.stats)

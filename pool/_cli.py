@@ -274,6 +274,7 @@ class _SimulatedSource:
     def __init__(self, args: argparse.Namespace) -> None:
         self.market = SyntheticMarket(args.asset_count, seed=args.seed)
         self.snapshots: Any = self.market
+        self.on_resync: Any = None  # the market answers for every book: nothing is left to resync
         self.assets = len(self.market.asset_ids)
 
     async def run(self, pool: PersistentWorkerPool, args: argparse.Namespace, stop: _Stop, started: Any) -> None:
@@ -292,11 +293,18 @@ class _PolymarketSource:
         self.snapshots: Any = PolymarketRestSource(args.rest_url or DEFAULT_REST_URL)
         self.url = args.ws_url or DEFAULT_WS_URL
         self.assets = len(self.ids)
+        self._feed: Any = None
+
+    async def on_resync(self, asset_ids: list[str]) -> None:
+        """Books the REST source could not give back: the feed asks the service for them again."""
+        if self._feed is not None:
+            await self._feed.resubscribe(asset_ids)
 
     async def run(self, pool: PersistentWorkerPool, args: argparse.Namespace, stop: _Stop, started: Any) -> None:
         from feeds import PolymarketFeed
 
-        async with PolymarketFeed(pool, self.ids, url=self.url):
+        self._feed = PolymarketFeed(pool, self.ids, url=self.url)
+        async with self._feed:
             started()
             with anyio.move_on_after(args.duration if args.duration is not None else math.inf):
                 await stop.requested.wait()
@@ -307,7 +315,7 @@ async def _serve(
 ) -> PoolStatus:
     """Run the pool until the duration ends or a signal stops it; return its last status."""
     log = structlog.get_logger("pool.cli")
-    pool = PersistentWorkerPool(config, snapshot_source=source.snapshots)
+    pool = PersistentWorkerPool(config, snapshot_source=source.snapshots, on_resync=source.on_resync)
     failure: PoolError | OSError | None = None
     # The signal watcher and the view outlive the pool's block, so a second SIGINT during its graceful
     # stop still forces it, and the view shows the stop. The metrics port is bound before any worker

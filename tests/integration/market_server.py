@@ -3,7 +3,8 @@
 It runs the ``websockets`` library's asyncio server on a thread of its own, so it is independent of the
 backend the test runs the pool on. Each connection waits for the subscription, answers it with a `book`
 for every subscribed asset it knows (the initial dump, from its reference of everything it has sent),
-then replays ``stream`` from where the last connection stopped. ``drop_after`` cuts the TCP connection
+then replays ``stream`` from where the last connection stopped; afterwards a subscribe operation gets
+a `book` for each of its assets, as from the service. ``drop_after`` cuts the TCP connection
 after that many stream frames, once, as a network failure would. ``pause_every`` sleeps a millisecond
 after that many frames, so that a test can act in the middle of the replay. ``PING`` gets ``PONG``.
 `rest_books` serves the same reference in the REST shape, for a local CLOB server.
@@ -36,7 +37,8 @@ class MarketServer:
         self.sent = 0  # frames sent in all, dumps included
         self.drop_after = drop_after
         self.connections = 0
-        self.subscriptions: list[dict[str, Any]] = []
+        self.subscriptions: list[dict[str, Any]] = []  # the first message of each connection
+        self.operations: list[dict[str, Any]] = []  # later subscribe/unsubscribe messages
         self.pings = 0
         self.finished = threading.Event()  # the whole stream has been sent
         self._loop = asyncio.new_event_loop()
@@ -104,10 +106,18 @@ class MarketServer:
             if self.pause_every and not sent_here % self.pause_every:
                 await asyncio.sleep(0.001)
         self.finished.set()
-        async for message in connection:  # stay open; answer keep-alives
+        async for message in connection:  # stay open; answer keep-alives and subscription changes
             if message == "PING":
                 self.pings += 1
                 await connection.send("PONG")
+                continue
+            operation = json.loads(message)
+            self.operations.append(operation)
+            if operation.get("operation") == "subscribe":  # as the service does: a `book` for each
+                with self.lock:
+                    dump = [self.reference.snapshot(a) for a in operation["assets_ids"] if a in self.reference.bids]
+                for frame in dump:
+                    await self._send(connection, frame)
 
     async def _send(self, connection: ServerConnection, frame: bytes) -> None:
         await connection.send(frame.decode())

@@ -132,3 +132,27 @@ async def test_a_worker_killed_during_the_replay_is_rebuilt_through_rest(anyio_b
             await settle(pool, feed, server)
             await assert_books_equal(pool, server.reference)
     assert "POST /books" in clob.requests
+
+
+async def test_books_a_worker_lost_come_back_through_a_resubscription(anyio_backend: str) -> None:
+    """With no snapshot source, the pool hands a dead worker's assets to `on_resync`; wired to the feed's
+    `resubscribe`, the service sends their books again and every book ends exact."""
+    market = SyntheticMarket(100, seed=25)
+    with MarketServer(market.snapshots(), list(market.updates(500))) as server:
+        feeds: list[PolymarketFeed] = []
+        config = PoolConfig(worker_count=2, heartbeat_interval=0.5)
+        async with PersistentWorkerPool(config, on_resync=lambda ids: feeds[0].resubscribe(ids)) as pool:
+            feeds.append(PolymarketFeed(pool, market.asset_ids, url=server.url))
+            async with feeds[0] as feed:
+                await settle(pool, feed, server)
+                victim = pool.get_status().workers[0].pid
+                assert victim is not None
+                os.kill(victim, signal.SIGKILL)
+                with anyio.fail_after(30):  # stale until the resubscription's books arrive
+                    while not (pool.get_status().workers[0].restarts == 1 and server.operations):
+                        await anyio.sleep(0.01)
+                    while pool.get_status().workers[0].stale_books:
+                        await anyio.sleep(0.01)
+                await settle(pool, feed, server)
+                await assert_books_equal(pool, server.reference)
+    assert [op["operation"] for op in server.operations] == ["unsubscribe", "subscribe"]
