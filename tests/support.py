@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterable, Sequence
 from decimal import Decimal
 from pathlib import Path
 
+import anyio
 import msgspec
 import psutil
 
@@ -133,6 +134,15 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(0.01)
+
+
+async def until(predicate: Callable[[], bool], timeout: float = 30.0, what: str = "condition") -> None:
+    """`wait_for` for async tests: poll ``predicate`` without blocking the event loop."""
+    with anyio.move_on_after(timeout):
+        while not predicate():
+            await anyio.sleep(0.01)
+        return
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 # Helper processes multiprocessing keeps for the whole session (not pool workers, never leaked by one).

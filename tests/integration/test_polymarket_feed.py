@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import signal
 
-import anyio
 import pytest
 
 from feeds import PolymarketFeed, PolymarketRestSource
@@ -13,7 +12,7 @@ from pool import PersistentWorkerPool, PoolConfig
 from pool._synthetic import SyntheticMarket
 from tests.integration.clob_server import ClobServer
 from tests.integration.market_server import MarketServer
-from tests.support import ReferenceBooks, as_decimals, sequence_objects
+from tests.support import ReferenceBooks, as_decimals, sequence_objects, until
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
 
@@ -37,9 +36,7 @@ def subscribed(market: SyntheticMarket) -> list[str]:
 
 async def settle(pool: PersistentWorkerPool, feed: PolymarketFeed, server: MarketServer) -> None:
     """Wait until the server has sent everything and the feed has handed all of it to the pool."""
-    with anyio.fail_after(30):
-        while not (server.finished.is_set() and feed.stats.frames >= server.sent):
-            await anyio.sleep(0.01)
+    await until(lambda: server.finished.is_set() and feed.stats.frames >= server.sent, what="every frame published")
     await pool.flush()
 
 
@@ -82,9 +79,10 @@ async def test_garbage_and_oversized_frames_are_counted_and_skipped(anyio_backen
         async with PersistentWorkerPool(PoolConfig(worker_count=2, heartbeat_interval=0.5)) as pool:
             feed = PolymarketFeed(pool, subscribed(market), url=server.url, max_frame_bytes=65_536)
             async with feed:
-                with anyio.fail_after(30):
-                    while not (server.finished.is_set() and feed.stats.frames + feed.stats.oversized >= server.sent):
-                        await anyio.sleep(0.01)
+                await until(
+                    lambda: server.finished.is_set() and feed.stats.frames + feed.stats.oversized >= server.sent,
+                    what="every frame published or skipped",
+                )
                 await pool.flush()
                 assert feed.stats.oversized == 1 and feed.stats.reconnects == 0
                 assert pool.get_status().frames_rejected == 2  # the garbage and the malformed book
@@ -97,9 +95,7 @@ async def test_keep_alive_pings_and_subscription_changes(anyio_backend: str) -> 
         async with PersistentWorkerPool(PoolConfig(worker_count=1, heartbeat_interval=0.5)) as pool:
             feed = PolymarketFeed(pool, market.asset_ids[:10], url=server.url, ping_interval=0.05)
             async with feed:
-                with anyio.fail_after(10):
-                    while server.pings < 2:
-                        await anyio.sleep(0.01)
+                await until(lambda: server.pings >= 2, timeout=10, what="two keep-alive PINGs")
                 assert feed.stats.subscribed == 10
                 await feed.unsubscribe(market.asset_ids[:2])
                 await feed.subscribe(market.asset_ids[10:12])
@@ -119,15 +115,11 @@ async def test_a_worker_killed_during_the_replay_is_rebuilt_through_rest(anyio_b
             PersistentWorkerPool(config, snapshot_source=PolymarketRestSource(clob.url)) as pool,
             PolymarketFeed(pool, market.asset_ids, url=server.url) as feed,
         ):
-            with anyio.fail_after(30):
-                while feed.stats.frames < 3_000:
-                    await anyio.sleep(0.01)
+            await until(lambda: feed.stats.frames >= 3_000, what="3,000 frames published")
             victim = pool.get_status().workers[0].pid
             assert victim is not None
             os.kill(victim, signal.SIGKILL)
-            with anyio.fail_after(30):
-                while not (pool.get_status().workers[0].restarts == 1 and pool.is_healthy()):
-                    await anyio.sleep(0.01)
+            await until(lambda: pool.get_status().workers[0].restarts == 1 and pool.is_healthy(), what="the restart")
             assert not server.finished.is_set(), "the kill should land in the middle of the replay"
             await settle(pool, feed, server)
             await assert_books_equal(pool, server.reference)
@@ -148,11 +140,9 @@ async def test_books_a_worker_lost_come_back_through_a_resubscription(anyio_back
                 victim = pool.get_status().workers[0].pid
                 assert victim is not None
                 os.kill(victim, signal.SIGKILL)
-                with anyio.fail_after(30):  # stale until the resubscription's books arrive
-                    while not (pool.get_status().workers[0].restarts == 1 and server.operations):
-                        await anyio.sleep(0.01)
-                    while pool.get_status().workers[0].stale_books:
-                        await anyio.sleep(0.01)
+                await until(lambda: pool.get_status().workers[0].restarts == 1 and bool(server.operations))
+                # stale until the resubscription's books arrive
+                await until(lambda: not pool.get_status().workers[0].stale_books, what="no stale book")
                 await settle(pool, feed, server)
                 await assert_books_equal(pool, server.reference)
     assert [op["operation"] for op in server.operations] == ["unsubscribe", "subscribe"]
