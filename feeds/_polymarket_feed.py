@@ -2,9 +2,10 @@
 
 The feed subscribes to its asset ids, sends the text ``PING`` the service expects every
 ``ping_interval`` seconds, and publishes each frame's raw bytes to the pool (which decodes only the asset
-ids in the parent). When the connection drops it reconnects with capped exponential backoff and jitter
-and subscribes again; the service then sends a fresh `book` for every asset (the initial dump), which
-replaces whatever was missed while disconnected.
+ids in the parent). When the connection drops it marks the pool's books of its assets stale
+(`PersistentWorkerPool.mark_stale`), reconnects with capped exponential backoff and jitter, and subscribes
+again; the service then sends a fresh `book` for every asset (the initial dump), which replaces whatever
+was missed while disconnected and makes each book live again.
 
 Frames larger than ``max_frame_bytes`` are counted (`FeedStats.oversized`) and skipped; frames that are
 not valid market data are counted and skipped by the pool (``frames_rejected``). Neither ends the
@@ -177,6 +178,9 @@ class PolymarketFeed:
                 tasks.cancel_scope.cancel()
         except* ConnectionClosed as closed:  # from the receiver or the keep-alive, whichever saw it first
             self._log.warning("feed_disconnected", error=str(closed.exceptions[0]))
+            # Updates are lost from here until the service sends each `book` again on the next connection.
+            stale = await self._pool.mark_stale(list(self._assets))
+            self._log.info("feed_books_stale", books=stale)
         finally:
             self._socket = None
             with anyio.CancelScope(shield=True):

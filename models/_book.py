@@ -361,10 +361,12 @@ class BookStore:
         return self._replace(event, floor=event.timestamp)
 
     def mark_stale(self, asset_ids: list[str]) -> None:
-        """Note assets whose books could not be rebuilt: no book until a `book` event arrives for each."""
-        for asset_id in asset_ids:
-            self.books.pop(asset_id, None)
-            self.stale.add(asset_id)
+        """Note assets whose books may be wrong until a `book` event arrives for each (it clears the mark).
+
+        A book the store holds keeps its levels and goes on taking updates, so a reader can still see the
+        last known state, flagged; an asset with no book (one that could not be rebuilt) stays without one.
+        """
+        self.stale.update(asset_ids)
 
     def memory_usage(self) -> int:
         """Sum of `OrderBook.memory_usage` over the store."""

@@ -105,6 +105,8 @@ class WorkerHandle:
         self._inflight: deque[_Sent] = deque()
         self.assets: set[str] = set()  # assets a `book` snapshot was routed here for
         self.stale: set[str] = set()  # of those, the ones known to be waiting for a snapshot
+        # Of those, the ones a feed marked (`mark_stale`): a recovery snapshot does not clear them, a `book` does.
+        self.marked_stale: set[str] = set()
         self.refetch = False  # set when frames were dropped during a snapshot fetch: fetch again
         self.standby: WorkerHandle | None = None  # a started replacement waiting to take over (recycle)
         self.recycling = False  # being swapped for a standby: queries wait for it instead of reading stale
@@ -530,7 +532,9 @@ class WorkerHandle:
                 case GetBook() | Trim():
                     items.append(([], sent.message))
                 case _:
-                    pass  # a Rebuild: the next recovery fetches a fresh one; an old one would undo newer frames
+                    # A Rebuild: the next recovery fetches a fresh one; an old one would undo newer frames.
+                    # A MarkStale: the next Rebuild carries the marks (`marked_stale`).
+                    pass
         self._inflight.clear()
         self._queue.extendleft(reversed(items))
 

@@ -81,6 +81,7 @@ from ._events import EventHub, Listener
 from ._exceptions import PoolClosedError, PoolTimeoutError, UnknownAssetError, WorkerStartupError
 from ._handle import WorkerHandle
 from ._memory_watch import MemoryWatch, memory_status
+from ._protocol import MarkStale
 from ._routing import Router
 from ._snapshots import SnapshotSource, as_snapshot_source
 from ._supervisor import ResyncCallback, Supervisor
@@ -282,6 +283,21 @@ class PersistentWorkerPool:
             PoolClosedError: the pool was shut down.
         """
         return self._call(self._get_book, asset_id, timeout)
+
+    def mark_stale(self, asset_ids: Iterable[str]) -> Any:
+        """Flag the books of ``asset_ids`` stale until a `book` for each is published; return how many.
+
+        For feeds: call it when the connection that carried these assets drops, since updates may be lost
+        until the service sends each `book` again. A flagged book keeps its levels and takes updates, but
+        `get_book` returns it with ``stale=True``, `get_status` counts it in ``stale_books``, and a
+        ``book_stale`` event fires (``book_live`` when its `book` arrives). Frames published before the
+        call are applied before the mark. Assets the pool holds no book for are passed over.
+
+        Raises:
+            TypeError: an asset id is not a string.
+            PoolClosedError: the pool is not running.
+        """
+        return self._call(self._mark_stale, asset_ids)
 
     def shutdown(self, wait: bool = True) -> Any:
         """Stop every worker: drain gracefully for ``shutdown_timeout``, then SIGTERM, then SIGKILL.
@@ -650,6 +666,7 @@ class PersistentWorkerPool:
         handle.assets.add(asset_id)
         if asset_id in handle.stale:
             handle.stale.discard(asset_id)
+            handle.marked_stale.discard(asset_id)
             self._events.emit(
                 PoolEvent(
                     kind=PoolEventKind.BOOK_LIVE,
@@ -714,6 +731,37 @@ class PersistentWorkerPool:
         if scope.cancelled_caught:
             behind = {h.worker_id: target - h.applied for h, target in targets if h.applied < target}
             raise PoolTimeoutError(f"flush timed out after {timeout:g} s; frames still to apply per worker: {behind}")
+
+    async def _mark_stale(self, asset_ids: Iterable[str]) -> int:
+        self._check_running()
+        if isinstance(asset_ids, str):
+            raise TypeError(f"mark_stale takes an iterable of asset ids, not one str: pass [{asset_ids!r}]")
+        by_slot: dict[int, list[str]] = {}
+        for asset_id in asset_ids:
+            if not isinstance(asset_id, str):
+                raise TypeError(f"asset ids must be str, got {type(asset_id).__name__}: {asset_id!r}")
+            by_slot.setdefault(self._route[asset_id], []).append(asset_id)
+        marked = 0
+        for slot, ids in sorted(by_slot.items()):
+            handle = self._handles[slot]
+            held = sorted(handle.assets.intersection(ids))
+            if not held or handle.broken is not None:
+                continue
+            newly = [asset_id for asset_id in held if asset_id not in handle.stale]
+            handle.stale.update(held)
+            handle.marked_stale.update(held)
+            handle.enqueue_control(MarkStale(held))
+            marked += len(held)
+            if newly:
+                self._events.emit(
+                    PoolEvent(
+                        kind=PoolEventKind.BOOK_STALE,
+                        worker_id=handle.worker_id,
+                        asset_ids=newly,
+                        detail="marked stale: updates may have been missed",
+                    )
+                )
+        return marked
 
     async def _restart_worker(self, worker_id: int) -> None:
         self._check_running()

@@ -21,6 +21,7 @@ __all__ = [
     "Fatal",
     "FromWorker",
     "GetBook",
+    "MarkStale",
     "Progress",
     "Ready",
     "Rebuild",
@@ -56,18 +57,25 @@ class Trim(msgspec.Struct, tag=True, array_like=True):
 
 
 class Rebuild(msgspec.Struct, tag=True, array_like=True):
-    """Recovery of a replacement worker: install ``books`` (`book` frames from the snapshot source) and
-    mark ``stale`` the assets that have none; sent ahead of the frames the dead worker had not applied."""
+    """Recovery of a replacement worker: install ``books`` (`book` frames from the snapshot source), then
+    mark ``stale`` the assets that have none or that a feed marked stale; sent ahead of the frames the dead
+    worker had not applied."""
 
     books: list[bytes]
     stale: list[str]
+
+
+class MarkStale(msgspec.Struct, tag=True, array_like=True):
+    """Flag books that may have missed updates (a feed lost its connection) until a `book` replaces each."""
+
+    asset_ids: list[str]
 
 
 class Stop(msgspec.Struct, tag=True, array_like=True):
     """Finish what was sent before, report final stats, and exit 0."""
 
 
-ToWorker = Batch | GetBook | Trim | Rebuild | Stop
+ToWorker = Batch | GetBook | Trim | Rebuild | MarkStale | Stop
 
 
 class Ready(msgspec.Struct, tag=True, array_like=True):

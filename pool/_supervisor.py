@@ -240,10 +240,13 @@ class Supervisor:
         self._emit(handle, PoolEventKind.BOOK_STALE, asset_ids=assets, detail="rebuilding from snapshots")
         frames = await self._fetch(handle, assets) if self._source is not None else {}
         missing = [asset_id for asset_id in assets if asset_id not in frames]
-        handle.enqueue_first(Rebuild(books=list(frames.values()), stale=missing))
-        handle.stale.difference_update(frames)
-        if frames:
-            self._emit(handle, PoolEventKind.BOOK_LIVE, asset_ids=sorted(frames), detail="rebuilt from snapshots")
+        # A book a feed marked stale stays stale when rebuilt: the feed may have missed updates since.
+        marked = sorted(handle.marked_stale.intersection(frames))
+        handle.enqueue_first(Rebuild(books=list(frames.values()), stale=missing + marked))
+        live = sorted(frames.keys() - handle.marked_stale)
+        handle.stale.difference_update(live)
+        if live:
+            self._emit(handle, PoolEventKind.BOOK_LIVE, asset_ids=live, detail="rebuilt from snapshots")
         if missing:
             self._resync(handle, missing)
 

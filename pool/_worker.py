@@ -43,7 +43,20 @@ from models import (
 )
 
 from ._logging import configure_structlog
-from ._protocol import Batch, BookReply, Fatal, GetBook, Progress, Ready, Rebuild, Stop, ToWorker, Trim, Trimmed
+from ._protocol import (
+    Batch,
+    BookReply,
+    Fatal,
+    GetBook,
+    MarkStale,
+    Progress,
+    Ready,
+    Rebuild,
+    Stop,
+    ToWorker,
+    Trim,
+    Trimmed,
+)
 from ._routing import Router
 
 __all__ = ["HandlerFactory", "resolve_factory", "worker_main"]
@@ -195,6 +208,9 @@ class _Worker:
                 case Rebuild(books, stale):
                     self._rebuild(books, stale)
                     self._report()
+                case MarkStale(asset_ids):
+                    self._store.mark_stale(asset_ids)
+                    self._report()
                 case Stop():
                     self._report()
                     self._log.debug("worker_stopping", messages=self._messages)
@@ -203,14 +219,13 @@ class _Worker:
     def _view(self, asset_id: str) -> BookView | None:
         book = self._store.books.get(asset_id)
         if book is not None:
-            return book.view()
+            return book.view(stale=asset_id in self._store.stale)
         if asset_id in self._store.stale:
             return BookView.stale_placeholder(asset_id)
         return None
 
     def _rebuild(self, books: list[bytes], stale: list[str]) -> None:
-        """Install recovery snapshots (the handler sees each as a snapshot) and note the stale assets."""
-        self._store.mark_stale(stale)
+        """Install recovery snapshots (the handler sees each as a snapshot), then note the stale assets."""
         for frame in books:
             try:
                 events = decode_frame(frame)
@@ -226,6 +241,7 @@ class _Worker:
                         continue
                     self._snapshots += 1
                     self._call_handler(event, [book])
+        self._store.mark_stale(stale)
         self._log.info("worker_rebuilt", books=len(books), stale=len(stale))
 
     def _apply_batch(self, frames: list[bytes]) -> None:

@@ -13,6 +13,8 @@ import anyio
 import msgspec
 import psutil
 
+from models import PoolEvent, PoolEventKind
+
 FIXTURES = Path(__file__).parent / "fixtures" / "polymarket"
 
 
@@ -125,6 +127,11 @@ def rest_shape(frame: bytes) -> bytes:
 
 def as_decimals(pairs: Iterable[tuple[str, str]]) -> list[tuple[Decimal, Decimal]]:
     return [(Decimal(p), Decimal(s)) for p, s in pairs]
+
+
+def event_asset_ids(events: Iterable[PoolEvent], kind: PoolEventKind) -> list[str]:
+    """The asset ids named by ``events`` of ``kind``, sorted, with repeats."""
+    return sorted(asset_id for event in events if event.kind is kind for asset_id in event.asset_ids or [])
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:

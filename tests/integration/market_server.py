@@ -5,7 +5,8 @@ backend the test runs the pool on. Each connection waits for the subscription, a
 for every subscribed asset it knows (the initial dump, from its reference of everything it has sent),
 then replays ``stream`` from where the last connection stopped; afterwards a subscribe operation gets
 a `book` for each of its assets, as from the service. ``drop_after`` cuts the TCP connection
-after that many stream frames, once, as a network failure would. ``pause_every`` sleeps a millisecond
+after that many stream frames, once, as a network failure would; with ``hold_reconnect``, the next
+connection's subscription is answered only once `resume` is set. ``pause_every`` sleeps a millisecond
 after that many frames, so that a test can act in the middle of the replay. ``PING`` gets ``PONG``.
 `rest_books` serves the same reference in the REST shape, for a local CLOB server.
 """
@@ -26,7 +27,13 @@ from tests.support import ReferenceBooks, rest_shape
 
 class MarketServer:
     def __init__(
-        self, initial: list[bytes], stream: list[bytes], *, drop_after: int | None = None, pause_every: int = 0
+        self,
+        initial: list[bytes],
+        stream: list[bytes],
+        *,
+        drop_after: int | None = None,
+        hold_reconnect: bool = False,
+        pause_every: int = 0,
     ) -> None:
         self.lock = threading.Lock()  # the reference is read by other threads (`rest_books`)
         self.pause_every = pause_every
@@ -36,6 +43,9 @@ class MarketServer:
         self.position = 0  # stream frames sent so far, over all connections
         self.sent = 0  # frames sent in all, dumps included
         self.drop_after = drop_after
+        self.resume = threading.Event()  # with hold_reconnect: answer the reconnected subscription
+        if not hold_reconnect:
+            self.resume.set()
         self.connections = 0
         self.subscriptions: list[dict[str, Any]] = []  # the first message of each connection
         self.operations: list[dict[str, Any]] = []  # later subscribe/unsubscribe messages
@@ -86,6 +96,8 @@ class MarketServer:
         self.connections += 1
         subscription = json.loads(await connection.recv())
         self.subscriptions.append(subscription)
+        if self.connections > 1:
+            await asyncio.to_thread(self.resume.wait, 30)
         with self.lock:
             dump = [self.reference.snapshot(a) for a in subscription["assets_ids"] if a in self.reference.bids]
         for frame in dump:

@@ -8,11 +8,12 @@ import signal
 import pytest
 
 from feeds import PolymarketFeed, PolymarketRestSource
+from models import PoolEvent, PoolEventKind
 from pool import PersistentWorkerPool, PoolConfig
 from pool._synthetic import SyntheticMarket
 from tests.integration.clob_server import ClobServer
 from tests.integration.market_server import MarketServer
-from tests.support import ReferenceBooks, as_decimals, sequence_objects, until
+from tests.support import ReferenceBooks, as_decimals, event_asset_ids, sequence_objects, until
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
 
@@ -69,6 +70,35 @@ async def test_replay_then_a_dropped_connection_ends_with_exact_books(anyio_back
     assert server.connections == 2
     assert [s["type"] for s in server.subscriptions] == ["market", "market"]
     assert all(sorted(s["assets_ids"]) == sorted(subscribed(market)) for s in server.subscriptions)
+
+
+async def test_books_read_stale_from_a_drop_until_the_reconnect_brings_their_book(anyio_backend: str) -> None:
+    """Between the drop and the new connection's `book` frames, every book is stale (levels kept, events
+    and status say so); the dump makes each live again, and the books end exact."""
+    market, initial, stream = scenario(2_000, seed=23)
+    assets = subscribed(market)
+    events: list[PoolEvent] = []
+    with MarketServer(initial, stream, drop_after=500, hold_reconnect=True) as server:
+        async with (
+            PersistentWorkerPool(PoolConfig(worker_count=2, heartbeat_interval=0.5)) as pool,
+            PolymarketFeed(pool, assets, url=server.url, backoff=0.05) as feed,
+        ):
+            pool.add_listener(events.append)
+            await until(lambda: len(server.subscriptions) == 2, what="the reconnected subscription")
+            assert feed.stats.connected and feed.stats.reconnects == 1
+            for asset_id in assets:
+                view = await pool.get_book(asset_id)
+                assert view.stale and view.bids and view.asks, asset_id  # flagged, last levels kept
+            assert sum(w.stale_books for w in pool.get_status().workers.values()) == len(assets)
+            assert event_asset_ids(events, PoolEventKind.BOOK_STALE) == sorted(assets)
+
+            server.resume.set()
+            await settle(pool, feed, server)
+            await assert_books_equal(pool, server.reference)
+            assert event_asset_ids(events, PoolEventKind.BOOK_LIVE) == sorted(assets)
+            await until(
+                lambda: sum(w.stale_books for w in pool.get_status().workers.values()) == 0, what="no stale books"
+            )
 
 
 async def test_garbage_and_oversized_frames_are_counted_and_skipped(anyio_backend: str) -> None:

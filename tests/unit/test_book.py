@@ -268,13 +268,22 @@ class TestRecovery:
         assert store.books["a"].bids() == [("0.2", "9"), ("0.1", "5")]
         assert store.superseded == 1
 
-    def test_stale_until_a_book_arrives(self) -> None:
-        """mark_stale drops the book; updates are skipped until a `book` makes it live again."""
+    def test_stale_book_keeps_its_levels_until_a_book_arrives(self) -> None:
+        """A held book marked stale keeps its levels and takes updates; only a `book` clears the mark."""
         store = BookStore()
         store.apply(book_event([("0.1", "1")], [], asset_id="a"))
         store.mark_stale(["a"])
-        assert "a" not in store.books and store.stale == {"a"}
+        assert store.stale == {"a"} and store.books["a"].bids() == [("0.1", "1")]
         store.apply(PriceChange(asset_id="a", market="m", price="0.2", side="BUY", size="3", timestamp=5))
-        assert "a" not in store.books and store.skipped == 1
+        assert store.stale == {"a"} and store.books["a"].bids() == [("0.2", "3"), ("0.1", "1")]
+        store.apply(book_event([("0.3", "4")], [], asset_id="a"))
+        assert store.stale == set() and store.books["a"].bids() == [("0.3", "4")]
+
+    def test_stale_asset_without_a_book_waits_for_one(self) -> None:
+        """An asset marked stale with no book (not rebuilt) gets none from updates, only from a `book`."""
+        store = BookStore()
+        store.mark_stale(["a"])
+        store.apply(PriceChange(asset_id="a", market="m", price="0.2", side="BUY", size="3", timestamp=5))
+        assert "a" not in store.books and store.skipped == 1 and store.stale == {"a"}
         store.apply(book_event([("0.3", "4")], [], asset_id="a"))
         assert store.stale == set() and store.books["a"].bids() == [("0.3", "4")]
