@@ -41,6 +41,7 @@ METRIC_NAMES = (
     "worker_pool_errors",
     "worker_pool_restarts",
     "worker_pool_books",
+    "worker_pool_stale_books",
     "worker_pool_memory_bytes",
     "worker_pool_memory_ratio",
     "worker_pool_worker_up",
@@ -71,6 +72,9 @@ class PoolCollector(Collector):
         errors = CounterMetricFamily("worker_pool_errors", "Malformed frames and events skipped.", labels=labels)
         restarts = CounterMetricFamily("worker_pool_restarts", "Replacements of the slot's process.", labels=labels)
         books = GaugeMetricFamily("worker_pool_books", "Books held by the worker.", labels=labels)
+        stale = GaugeMetricFamily(
+            "worker_pool_stale_books", "Books waiting for a snapshot (may have missed updates).", labels=labels
+        )
         memory = GaugeMetricFamily(
             "worker_pool_memory_bytes", "Worker memory, as the monitor measures it.", labels=labels
         )
@@ -85,6 +89,7 @@ class PoolCollector(Collector):
             errors.add_metric(label, worker.errors)
             restarts.add_metric(label, worker.restarts)
             books.add_metric(label, worker.books)
+            stale.add_metric(label, worker.stale_books)
             memory.add_metric(label, worker.memory_bytes)
             if worker.memory_ratio is not None:
                 ratio.add_metric(label, worker.memory_ratio)
@@ -100,7 +105,7 @@ class PoolCollector(Collector):
             "The pool's state.",
             value={s.value: s is status.pool_status for s in PoolState},
         )
-        yield from (messages, updates, errors, restarts, books, memory, ratio, up, state, apply_time)
+        yield from (messages, updates, errors, restarts, books, stale, memory, ratio, up, state, apply_time)
         yield from _feed_metrics(status)
 
 

@@ -10,6 +10,7 @@ import pytest
 
 from models import PoolEvent, PoolEventKind, WorkerState
 from pool import PersistentWorkerPool, PoolClosedError, PoolConfig
+from pool._metrics import PoolCollector
 from pool._synthetic import SyntheticMarket
 from tests.support import ReferenceBooks, ReferenceSource, as_decimals, event_asset_ids, wait_for
 
@@ -33,6 +34,13 @@ def stale_books(pool: PersistentWorkerPool) -> int:
     return sum(worker.stale_books for worker in pool.get_status().workers.values())
 
 
+def stale_books_metric(pool: PersistentWorkerPool) -> float:
+    """The ``worker_pool_stale_books`` gauge summed over workers, as /metrics would expose it."""
+    collector = PoolCollector(lambda: (pool.get_status(), pool.get_stats()))
+    family = next(f for f in collector.collect() if f.name == "worker_pool_stale_books")
+    return sum(sample.value for sample in family.samples)
+
+
 def test_marked_books_keep_their_levels_take_updates_and_go_live_on_a_book() -> None:
     market = SyntheticMarket(40, seed=211)
     reference = ReferenceBooks()
@@ -48,6 +56,7 @@ def test_marked_books_keep_their_levels_take_updates_and_go_live_on_a_book() -> 
         assert marked == len(market.asset_ids)  # the asset with no book is passed over
         assert_levels(pool, reference, market.asset_ids, stale=True)
         wait_for(lambda: stale_books(pool) == len(market.asset_ids), what="stale books in the status")
+        assert stale_books_metric(pool) == len(market.asset_ids)
         assert event_asset_ids(events, PoolEventKind.BOOK_STALE) == sorted(market.asset_ids)
 
         updates = list(market.updates(1_000))  # a stale book still takes updates
