@@ -138,7 +138,8 @@ class WebSocket:
         elif isinstance(event, CloseConnection):
             await self._send_quietly(self._protocol.send(event.response()))
             await self._stream.aclose()
-            raise ConnectionClosed(f"closed by the server: code {event.code} {event.reason!r}")
+            # Sent by the server, or made by wsproto for a frame that breaks the protocol (code 1002).
+            raise ConnectionClosed(f"connection closed: code {event.code} {event.reason!r}")
         return None
 
     async def _send_quietly(self, data: bytes) -> None:

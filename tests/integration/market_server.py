@@ -5,7 +5,8 @@ backend the test runs the pool on. Each connection waits for the subscription, a
 for every subscribed asset it knows (the initial dump, from its reference of everything it has sent),
 then replays ``stream`` from where the last connection stopped; afterwards a subscribe operation gets
 a `book` for each of its assets, as from the service. ``drop_after`` cuts the TCP connection
-after that many stream frames, once, as a network failure would; with ``hold_reconnect``, the next
+after that many stream frames, once, as a network failure would (with ``corrupt``, it writes bytes that
+are not a WebSocket frame there instead); with ``hold_reconnect``, the next
 connection's subscription is answered only once `resume` is set. ``pause_every`` sleeps a millisecond
 after that many frames, so that a test can act in the middle of the replay. ``PING`` gets ``PONG``.
 `rest_books` serves the same reference in the REST shape, for a local CLOB server.
@@ -32,6 +33,7 @@ class MarketServer:
         stream: list[bytes],
         *,
         drop_after: int | None = None,
+        corrupt: bool = False,
         hold_reconnect: bool = False,
         pause_every: int = 0,
     ) -> None:
@@ -43,6 +45,7 @@ class MarketServer:
         self.position = 0  # stream frames sent so far, over all connections
         self.sent = 0  # frames sent in all, dumps included
         self.drop_after = drop_after
+        self.corrupt = corrupt
         self.resume = threading.Event()  # with hold_reconnect: answer the reconnected subscription
         if not hold_reconnect:
             self.resume.set()
@@ -106,7 +109,10 @@ class MarketServer:
         while self.position < len(self.stream):
             if self.drop_after is not None and sent_here == self.drop_after:
                 self.drop_after = None
-                connection.transport.abort()  # no closing handshake: a dropped network
+                if self.corrupt:  # opcode 0xF is reserved: the client must fail the connection
+                    connection.transport.write(b"\x8f\x00")
+                else:
+                    connection.transport.abort()  # no closing handshake: a dropped network
                 return
             frame = self.stream[self.position]
             self.position += 1

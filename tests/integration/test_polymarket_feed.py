@@ -72,6 +72,21 @@ async def test_replay_then_a_dropped_connection_ends_with_exact_books(anyio_back
     assert all(sorted(s["assets_ids"]) == sorted(subscribed(market)) for s in server.subscriptions)
 
 
+async def test_a_corrupt_websocket_frame_ends_the_connection_and_the_feed_recovers(anyio_backend: str) -> None:
+    """Bytes that are not a WebSocket frame fail the connection (as RFC 6455 says); the feed reconnects
+    and every book ends exact."""
+    market, initial, stream = scenario(1_000, seed=24)
+    with MarketServer(initial, stream, drop_after=300, corrupt=True) as server:
+        async with (
+            PersistentWorkerPool(PoolConfig(worker_count=2, heartbeat_interval=0.5)) as pool,
+            PolymarketFeed(pool, subscribed(market), url=server.url, backoff=0.05) as feed,
+        ):
+            await settle(pool, feed, server)
+            assert feed.stats.reconnects == 1 and feed.stats.connected
+            await assert_books_equal(pool, server.reference)
+    assert server.connections == 2
+
+
 async def test_books_read_stale_from_a_drop_until_the_reconnect_brings_their_book(anyio_backend: str) -> None:
     """Between the drop and the new connection's `book` frames, every book is stale (levels kept, events
     and status say so); the dump makes each live again, and the books end exact."""
