@@ -830,7 +830,8 @@ def _worker_status(handle: WorkerHandle, now: float, memory: MemoryInfo | None) 
     stats = handle.stats
     if memory is not None and memory.pid != handle.pid:
         memory = None  # a sample of a process that has since been replaced
-    recovering = handle.state is WorkerState.RECOVERING
+    # Every book of a slot that is being rebuilt, or that was given up, is unavailable.
+    unavailable = handle.state in (WorkerState.RECOVERING, WorkerState.FAILED)
     return WorkerStatus(
         worker_id=handle.worker_id,
         status=handle.state,
@@ -844,7 +845,7 @@ def _worker_status(handle: WorkerHandle, now: float, memory: MemoryInfo | None) 
         memory_ratio=memory.ratio if memory else None,
         last_heartbeat_age=now - handle.last_heard if handle.pid is not None else None,
         restarts=handle.restarts,
-        stale_books=len(handle.assets) if recovering else len(handle.stale) or (stats.stale_books if stats else 0),
+        stale_books=len(handle.assets) if unavailable else len(handle.stale) or (stats.stale_books if stats else 0),
         exit_code=handle.exit_code,
         last_exit_reason=handle.last_exit_reason,
         last_restart_at=handle.last_restart_at,

@@ -133,6 +133,7 @@ class TestRestartAndRebuild:
             assert status.pool_status is PoolState.DEGRADED
             assert status.workers[0].restarts == 4 and status.workers[0].last_exit_reason is ExitReason.CRASH
             assert status.workers[0].exit_code == 3
+            assert status.workers[0].stale_books == len(owned_by(pool, market.asset_ids, 0))  # all unavailable
             assert_exact(pool, reference, owned_by(pool, market.asset_ids, 1))
             with pytest.raises(BrokenWorkerError, match="max_restarts=4"):
                 pool.get_book(owned_by(pool, market.asset_ids, 0)[0])
