@@ -7,9 +7,9 @@ ids in the parent). When the connection drops it marks the pool's books of its a
 again; the service then sends a fresh `book` for every asset (the initial dump), which replaces whatever
 was missed while disconnected and makes each book live again.
 
-Frames larger than ``max_frame_bytes`` are counted (`FeedStats.oversized`) and skipped; frames that are
-not valid market data are counted and skipped by the pool (``frames_rejected``). Neither ends the
-connection.
+Frames larger than ``max_frame_bytes`` are counted (`FeedStatus.oversized`) and skipped; frames that are
+not valid market data are counted and skipped by the pool (``frames_rejected``); frames for a worker the
+pool has given up on are counted (`FeedStatus.undelivered`). None of them ends the connection.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import msgspec
 import structlog
 
 from models import FeedStatus
+from pool import BrokenWorkerError
 
 from ._websocket import ConnectionClosed, WebSocket, _Oversized
 
@@ -87,6 +88,8 @@ class PolymarketFeed:
         self._frames = 0
         self._bytes = 0
         self._oversized = 0
+        self._undelivered = 0
+        self._failed_workers: set[int] = set()
         self._last_frame: float | None = None
         self._tasks: anyio.abc.TaskGroup | None = None
         self._log = structlog.get_logger("feeds.polymarket").bind(url=url)
@@ -101,6 +104,7 @@ class PolymarketFeed:
             frames=self._frames,
             bytes=self._bytes,
             oversized=self._oversized,
+            undelivered=self._undelivered,
             subscribed=len(self._assets),
             last_frame_age=None if self._last_frame is None else time.monotonic() - self._last_frame,
         )
@@ -197,7 +201,18 @@ class PolymarketFeed:
             frame = message.encode() if isinstance(message, str) else message
             self._frames += 1
             self._bytes += len(frame)
-            await self._pool.publish(frame)
+            try:
+                await self._pool.publish(frame)
+            except BrokenWorkerError as exc:
+                self._note_undelivered(exc)
+
+    def _note_undelivered(self, exc: BrokenWorkerError) -> None:
+        """A frame for a worker the pool gave up on: its books are unavailable already (`get_book` raises,
+        the status shows the slot failed), and the other workers' books must go on updating."""
+        self._undelivered += 1
+        if exc.worker_id not in self._failed_workers:
+            self._failed_workers.add(exc.worker_id)
+            self._log.error("feed_frames_undelivered", worker_id=exc.worker_id, error=str(exc))
 
     async def _keep_alive(self, socket: WebSocket) -> None:
         while True:

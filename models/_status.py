@@ -210,7 +210,8 @@ class FeedStatus(msgspec.Struct, frozen=True, kw_only=True):
     """A market-data feed attached to the pool (e.g. `feeds.PolymarketFeed`), as `PoolStatus.feeds` shows it.
 
     ``frames`` and ``bytes`` count what the feed received and published; ``oversized`` the frames it
-    skipped for their size; ``last_frame_age`` is seconds since the last frame (``None`` before one).
+    skipped for their size; ``undelivered`` the frames the pool could not take because the worker that
+    owns them has failed for good; ``last_frame_age`` is seconds since the last frame (``None`` before one).
     """
 
     name: str
@@ -219,6 +220,7 @@ class FeedStatus(msgspec.Struct, frozen=True, kw_only=True):
     frames: int
     bytes: int
     oversized: int
+    undelivered: int = 0
     subscribed: int
     last_frame_age: float | None
 

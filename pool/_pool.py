@@ -78,7 +78,7 @@ from models import (
 from monitors import MemoryInfo, MemoryMonitor
 
 from ._events import EventHub, Listener
-from ._exceptions import PoolClosedError, PoolTimeoutError, UnknownAssetError, WorkerStartupError
+from ._exceptions import BrokenWorkerError, PoolClosedError, PoolTimeoutError, UnknownAssetError, WorkerStartupError
 from ._handle import WorkerHandle
 from ._memory_watch import MemoryWatch, memory_status
 from ._protocol import MarkStale
@@ -256,7 +256,8 @@ class PersistentWorkerPool:
         Raises:
             PoolTimeoutError: ``timeout`` passed while waiting for room; frames before the one that waited
                 were accepted (the message says how many).
-            BrokenWorkerError: the worker that owns a frame has exited.
+            BrokenWorkerError: the worker that owns a frame has failed for good (a frame that spans several
+                workers is first given to the others, so their books miss nothing).
             PoolClosedError: the pool was shut down.
         """
         return self._call(self._publish, data, timeout)
@@ -627,12 +628,19 @@ class PersistentWorkerPool:
                         self._rejected += 1
                         self._log.warning("frame_rejected", reason=str(exc))
                         continue
+                    given_up: BrokenWorkerError | None = None
                     for slot in slots:
                         handle = handles[slot]
                         if handle.published - handle.applied >= limit or handle.broken is not None:
-                            await self._make_room(handle, deadline, accepted)
+                            try:
+                                await self._make_room(handle, deadline, accepted)
+                            except BrokenWorkerError as exc:  # the frame's other workers still get it
+                                given_up = exc
+                                continue
                         handle.frames.append(frame)
                         handle.published += 1
+                    if given_up is not None:
+                        raise given_up
                 accepted += 1
                 if not accepted % _YIELD_EVERY_FRAMES:
                     self._wake_writers()

@@ -8,8 +8,8 @@ import signal
 import pytest
 
 from feeds import PolymarketFeed, PolymarketRestSource
-from models import PoolEvent, PoolEventKind
-from pool import PersistentWorkerPool, PoolConfig
+from models import PoolEvent, PoolEventKind, WorkerState
+from pool import BrokenWorkerError, PersistentWorkerPool, PoolConfig
 from pool._synthetic import SyntheticMarket
 from tests.integration.clob_server import ClobServer
 from tests.integration.market_server import MarketServer
@@ -169,6 +169,37 @@ async def test_a_worker_killed_during_the_replay_is_rebuilt_through_rest(anyio_b
             await settle(pool, feed, server)
             await assert_books_equal(pool, server.reference)
     assert "POST /books" in clob.requests
+
+
+async def test_a_worker_given_up_costs_only_its_own_books(anyio_backend: str) -> None:
+    """With no restart budget, a SIGKILLed worker fails for good in the middle of the stream: the feed
+    counts the frames it can no longer deliver and keeps the other worker's books exact."""
+    market = SyntheticMarket(100, seed=26)
+    initial, stream = market.snapshots(), list(market.updates(10_000))
+    with MarketServer(initial, stream, pause_every=20) as server:
+        config = PoolConfig(worker_count=2, heartbeat_interval=0.5, max_restarts=0)
+        async with (
+            PersistentWorkerPool(config) as pool,
+            PolymarketFeed(pool, market.asset_ids, url=server.url) as feed,
+        ):
+            await until(lambda: feed.stats.frames >= 2_000, what="2,000 frames published")
+            victim = pool.get_status().workers[0].pid
+            assert victim is not None
+            os.kill(victim, signal.SIGKILL)
+            await until(lambda: pool.get_status().workers[0].status is WorkerState.FAILED, what="worker 0 failed")
+            assert not server.finished.is_set(), "the failure should land in the middle of the replay"
+            await until(lambda: server.finished.is_set() and feed.stats.frames >= server.sent, what="every frame")
+            assert feed.stats.connected and feed.stats.reconnects == 0 and feed.stats.undelivered > 0
+            assert pool.get_status().feeds["polymarket"].undelivered == feed.stats.undelivered
+            lost = [a for a in market.asset_ids if pool._route[a] == 0]
+            kept = [a for a in market.asset_ids if pool._route[a] == 1]
+            assert pool.get_status().workers[0].stale_books == len(lost)
+            for asset_id in kept:
+                view = await pool.get_book(asset_id)
+                assert not view.stale and as_decimals(view.bids) == server.reference.levels(asset_id)[0], asset_id
+                assert as_decimals(view.asks) == server.reference.levels(asset_id)[1], asset_id
+            with pytest.raises(BrokenWorkerError):
+                await pool.get_book(lost[0])
 
 
 async def test_books_a_worker_lost_come_back_through_a_resubscription(anyio_backend: str) -> None:

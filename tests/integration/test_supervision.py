@@ -140,6 +140,26 @@ class TestRestartAndRebuild:
         assert elapsed > 0.3  # the back-off made it wait
         assert cpu_used < 0.5 * elapsed + 0.3, (cpu_used, elapsed)
 
+    def test_a_frame_spanning_a_failed_worker_still_reaches_the_others(self) -> None:
+        """publish raises `BrokenWorkerError` for a frame that names a failed worker's asset, after giving
+        the frame to its other workers, so their books miss nothing."""
+        market = SyntheticMarket(40, seed=108)
+        with PersistentWorkerPool(config(max_restarts=0)) as pool:
+            pool.publish(market.snapshots())
+            pool.flush(timeout=10)
+            lost, kept = owned_by(pool, market.asset_ids, 0)[0], owned_by(pool, market.asset_ids, 1)[0]
+            pid = pool.get_status().workers[0].pid
+            assert pid is not None
+            os.kill(pid, signal.SIGKILL)
+            wait_for(lambda: pool.get_status().workers[0].status is WorkerState.FAILED, what="worker 0 failed")
+            entries = [
+                {"asset_id": asset_id, "price": "0.777", "side": "BUY", "size": "12.5"} for asset_id in (lost, kept)
+            ]
+            frame = msgspec.json.encode({"event_type": "price_change", "market": "m", "price_changes": entries})
+            with pytest.raises(BrokenWorkerError, match="worker 0 failed"):
+                pool.publish(frame)
+            assert ("0.777", "12.5") in pool.get_book(kept).bids
+
     def test_operator_restart_rebuilds_and_spends_no_budget(self) -> None:
         """restart_worker replaces a worker even with max_restarts=0, from the synthetic market's snapshots."""
         market = SyntheticMarket(100, seed=109)
