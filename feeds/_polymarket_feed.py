@@ -45,6 +45,8 @@ class PolymarketFeed:
         asset_ids: the tokens to subscribe to; `subscribe` and `unsubscribe` change them while running.
         url: the market channel's endpoint (a local server in tests).
         ping_interval: seconds between keep-alive ``PING`` text frames.
+        idle_timeout: seconds without any frame, not even the ``PONG`` a ``PING`` gets, after which the
+            connection is presumed dead and replaced; longer than ``ping_interval``.
         max_frame_bytes: larger frames are counted and skipped.
         backoff, max_backoff: the first reconnect delay and its cap (doubling, with up to 50% jitter).
         open_timeout: seconds to connect and complete the handshake.
@@ -58,6 +60,7 @@ class PolymarketFeed:
         *,
         url: str = DEFAULT_WS_URL,
         ping_interval: float = 10.0,
+        idle_timeout: float = 30.0,
         max_frame_bytes: int = 4 * 1024 * 1024,
         backoff: float = 0.5,
         max_backoff: float = 30.0,
@@ -74,11 +77,17 @@ class PolymarketFeed:
                 raise ValueError(f"PolymarketFeed {setting} must be positive, got {value!r}")
         if backoff < 0:
             raise ValueError(f"PolymarketFeed backoff must be >= 0, got {backoff!r}")
+        if idle_timeout <= ping_interval:
+            raise ValueError(
+                f"PolymarketFeed idle_timeout ({idle_timeout!r}) must be longer than ping_interval "
+                f"({ping_interval!r}), or a quiet but healthy connection would be cut before its PONG arrives"
+            )
         self._pool = pool
         self.name = name
         self._assets = dict.fromkeys(asset_ids)  # ordered and unique
         self.url = url
         self._ping_interval = ping_interval
+        self._idle_timeout = idle_timeout
         self._max_frame_bytes = max_frame_bytes
         self._backoff = backoff
         self._max_backoff = max_backoff
@@ -91,6 +100,7 @@ class PolymarketFeed:
         self._undelivered = 0
         self._failed_workers: set[int] = set()
         self._last_frame: float | None = None
+        self._heard_at = 0.0  # monotonic time of the current connection's last frame (or its opening)
         self._tasks: anyio.abc.TaskGroup | None = None
         self._log = structlog.get_logger("feeds.polymarket").bind(url=url)
 
@@ -173,11 +183,13 @@ class PolymarketFeed:
     async def _serve(self, socket: WebSocket) -> None:
         self._connections += 1
         self._socket = socket
+        self._heard_at = time.monotonic()
         self._log.info("feed_connected", assets=len(self._assets), reconnects=self._connections - 1)
         try:
             await socket.send_text(msgspec.json.encode({"assets_ids": list(self._assets), "type": "market"}).decode())
             async with anyio.create_task_group() as tasks:
                 tasks.start_soon(self._keep_alive, socket)
+                tasks.start_soon(self._watch_idle)
                 await self._receive(socket)
                 tasks.cancel_scope.cancel()
         except* ConnectionClosed as closed:  # from the receiver or the keep-alive, whichever saw it first
@@ -193,7 +205,7 @@ class PolymarketFeed:
     async def _receive(self, socket: WebSocket) -> None:
         while True:
             message = await socket.receive()
-            self._last_frame = time.monotonic()
+            self._last_frame = self._heard_at = time.monotonic()
             if isinstance(message, _Oversized):
                 self._oversized += 1
                 self._log.warning("feed_frame_oversized", max_frame_bytes=self._max_frame_bytes)
@@ -218,6 +230,18 @@ class PolymarketFeed:
         while True:
             await anyio.sleep(self._ping_interval)
             await socket.send_text("PING")
+
+    async def _watch_idle(self) -> None:
+        """Fail a connection that has gone silent. A peer that vanished without closing (a half-open TCP
+        connection) would otherwise look healthy for ever: the PINGs still leave, nothing comes back."""
+        while True:
+            silent = time.monotonic() - self._heard_at
+            if silent >= self._idle_timeout:
+                raise ConnectionClosed(
+                    f"nothing received for {silent:.1f} s (idle_timeout={self._idle_timeout:g} s), not even a "
+                    "PONG: the connection is presumed dead"
+                )
+            await anyio.sleep(self._idle_timeout - silent)
 
     async def _send_operation(self, operation: str, asset_ids: list[str]) -> None:
         if asset_ids and self._socket is not None:

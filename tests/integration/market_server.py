@@ -7,8 +7,10 @@ then replays ``stream`` from where the last connection stopped; afterwards a sub
 a `book` for each of its assets, as from the service. ``drop_after`` cuts the TCP connection
 after that many stream frames, once, as a network failure would (with ``corrupt``, it writes bytes that
 are not a WebSocket frame there instead); with ``hold_reconnect``, the next
-connection's subscription is answered only once `resume` is set. ``pause_every`` sleeps a millisecond
-after that many frames, so that a test can act in the middle of the replay. ``PING`` gets ``PONG``.
+connection's subscription is answered only once `resume` is set. With ``go_silent``, the first
+connection answers nothing once its stream is sent (no ``PONG`` either), as a peer gone without closing.
+``pause_every`` sleeps a millisecond after that many frames, so that a test can act in the middle of the
+replay. ``PING`` gets ``PONG``.
 `rest_books` serves the same reference in the REST shape, for a local CLOB server.
 """
 
@@ -35,6 +37,7 @@ class MarketServer:
         drop_after: int | None = None,
         corrupt: bool = False,
         hold_reconnect: bool = False,
+        go_silent: bool = False,
         pause_every: int = 0,
     ) -> None:
         self.lock = threading.Lock()  # the reference is read by other threads (`rest_books`)
@@ -46,10 +49,12 @@ class MarketServer:
         self.sent = 0  # frames sent in all, dumps included
         self.drop_after = drop_after
         self.corrupt = corrupt
+        self.go_silent = go_silent
         self.resume = threading.Event()  # with hold_reconnect: answer the reconnected subscription
         if not hold_reconnect:
             self.resume.set()
         self.connections = 0
+        self.dumps = 0  # connections whose initial dump has been sent
         self.subscriptions: list[dict[str, Any]] = []  # the first message of each connection
         self.operations: list[dict[str, Any]] = []  # later subscribe/unsubscribe messages
         self.pings = 0
@@ -97,6 +102,7 @@ class MarketServer:
 
     async def _serve(self, connection: ServerConnection) -> None:
         self.connections += 1
+        number = self.connections
         subscription = json.loads(await connection.recv())
         self.subscriptions.append(subscription)
         if self.connections > 1:
@@ -105,6 +111,7 @@ class MarketServer:
             dump = [self.reference.snapshot(a) for a in subscription["assets_ids"] if a in self.reference.bids]
         for frame in dump:
             await self._send(connection, frame)
+        self.dumps += 1
         sent_here = 0
         while self.position < len(self.stream):
             if self.drop_after is not None and sent_here == self.drop_after:
@@ -125,6 +132,8 @@ class MarketServer:
                 await asyncio.sleep(0.001)
         self.finished.set()
         async for message in connection:  # stay open; answer keep-alives and subscription changes
+            if self.go_silent and number == 1:
+                continue
             if message == "PING":
                 self.pings += 1
                 await connection.send("PONG")

@@ -87,6 +87,25 @@ async def test_a_corrupt_websocket_frame_ends_the_connection_and_the_feed_recove
     assert server.connections == 2
 
 
+async def test_a_connection_gone_silent_is_replaced(anyio_backend: str) -> None:
+    """The server stops answering, PINGs included, without closing: after idle_timeout the feed gives the
+    connection up, reconnects, and every book ends exact."""
+    market, initial, stream = scenario(500, seed=27)
+    with MarketServer(initial, stream, go_silent=True) as server:
+        async with (
+            PersistentWorkerPool(PoolConfig(worker_count=2, heartbeat_interval=0.5)) as pool,
+            PolymarketFeed(
+                pool, subscribed(market), url=server.url, ping_interval=0.05, idle_timeout=1.0, backoff=0.05
+            ) as feed,
+        ):
+            await until(lambda: server.dumps == 2, what="the new connection's books sent")
+            assert feed.stats.reconnects == 1 and feed.stats.connected
+            await settle(pool, feed, server)
+            await assert_books_equal(pool, server.reference)
+            await until(lambda: server.pings > 0, what="the new connection's PINGs answered")
+    assert server.connections == 2
+
+
 async def test_books_read_stale_from_a_drop_until_the_reconnect_brings_their_book(anyio_backend: str) -> None:
     """Between the drop and the new connection's `book` frames, every book is stale (levels kept, events
     and status say so); the dump makes each live again, and the books end exact."""
