@@ -5,12 +5,13 @@ current books over REST and plugs into the pool as its ``snapshot_source``, so a
 its books from the exchange.
 """
 
-from ._polymarket_feed import DEFAULT_WS_URL, PolymarketFeed
+from ._polymarket_feed import DEFAULT_WS_URL, MAX_ASSETS_PER_CONNECTION, PolymarketFeed
 from ._polymarket_rest import DEFAULT_REST_URL, PolymarketRestSource, RestSourceError, UnknownBookError
 
 __all__ = [
     "DEFAULT_REST_URL",
     "DEFAULT_WS_URL",
+    "MAX_ASSETS_PER_CONNECTION",
     "PolymarketFeed",
     "PolymarketRestSource",
     "RestSourceError",

@@ -30,9 +30,13 @@ from pool import BrokenWorkerError
 
 from ._websocket import ConnectionClosed, WebSocket, _Oversized
 
-__all__ = ["DEFAULT_WS_URL", "PolymarketFeed"]
+__all__ = ["DEFAULT_WS_URL", "MAX_ASSETS_PER_CONNECTION", "PolymarketFeed"]
 
 DEFAULT_WS_URL = "wss://ws-subscriptions-clob.polymarket.com/ws/market"
+# Above this many assets on one connection Polymarket sends no initial `book`s (as nautilus_trader's
+# Polymarket integration documents), so the feed could never build those books nor refresh them after a
+# reconnect.
+MAX_ASSETS_PER_CONNECTION = 500
 
 
 class PolymarketFeed:
@@ -50,6 +54,8 @@ class PolymarketFeed:
         max_frame_bytes: larger frames are counted and skipped.
         backoff, max_backoff: the first reconnect delay and its cap (doubling, with up to 50% jitter).
         open_timeout: seconds to connect and complete the handshake.
+        max_assets: the most assets it subscribes to (``ValueError`` beyond, from here or `subscribe`);
+            the default is the most for which the service sends each asset's initial `book`.
         name: its key in the pool's ``get_status().feeds``.
     """
 
@@ -65,6 +71,7 @@ class PolymarketFeed:
         backoff: float = 0.5,
         max_backoff: float = 30.0,
         open_timeout: float = 10.0,
+        max_assets: int = MAX_ASSETS_PER_CONNECTION,
         name: str = "polymarket",
     ) -> None:
         for setting, value in (
@@ -72,6 +79,7 @@ class PolymarketFeed:
             ("max_frame_bytes", max_frame_bytes),
             ("max_backoff", max_backoff),
             ("open_timeout", open_timeout),
+            ("max_assets", max_assets),
         ):
             if value <= 0:
                 raise ValueError(f"PolymarketFeed {setting} must be positive, got {value!r}")
@@ -84,7 +92,9 @@ class PolymarketFeed:
             )
         self._pool = pool
         self.name = name
+        self._max_assets = max_assets
         self._assets = dict.fromkeys(asset_ids)  # ordered and unique
+        self._check_room(len(self._assets))
         self.url = url
         self._ping_interval = ping_interval
         self._idle_timeout = idle_timeout
@@ -133,8 +143,13 @@ class PolymarketFeed:
         return await self._tasks.__aexit__(exc_type, exc, tb)
 
     async def subscribe(self, asset_ids: Iterable[str]) -> None:
-        """Add assets; if connected, ask the service for them now (their `book` arrives first)."""
-        new = [asset_id for asset_id in asset_ids if asset_id not in self._assets]
+        """Add assets; if connected, ask the service for them now (their `book` arrives first).
+
+        Raises:
+            ValueError: that would be more than ``max_assets``; nothing was added.
+        """
+        new = list(dict.fromkeys(asset_id for asset_id in asset_ids if asset_id not in self._assets))
+        self._check_room(len(self._assets) + len(new))
         self._assets.update(dict.fromkeys(new))
         await self._send_operation("subscribe", new)
 
@@ -156,6 +171,15 @@ class PolymarketFeed:
         self._log.info("feed_resubscribing", assets=len(again))
         await self._send_operation("unsubscribe", again)
         await self._send_operation("subscribe", again)
+
+    def _check_room(self, count: int) -> None:
+        if count > self._max_assets:
+            raise ValueError(
+                f"PolymarketFeed: {count} assets would be more than max_assets={self._max_assets} on one "
+                "connection, and Polymarket sends no initial `book` for that many, so those books could never "
+                "be built. Split the assets over several PolymarketFeeds (each with its own name), keeping both "
+                "tokens of a market in the same one"
+            )
 
     async def run(self) -> None:
         """Connect, subscribe, publish every frame; reconnect whenever the connection ends. Until cancelled."""

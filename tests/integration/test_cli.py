@@ -198,6 +198,7 @@ def test_environment_beats_the_file_and_flags_beat_the_environment(
         ["run", "--ws-url", "ws://127.0.0.1:1"],
         ["run", "--source", "polymarket"],
         ["run", "--source", "polymarket", "--assets", "12,abc"],
+        ["run", "--source", "polymarket", "--assets", ",".join(str(n) for n in range(501))],
         ["nonsense"],
     ],
 )
