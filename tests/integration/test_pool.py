@@ -19,7 +19,7 @@ import psutil
 import pytest
 import structlog
 
-from models import BookView, ExitReason, PoolState, WorkerState
+from models import BookView, ExitReason, FeedStatus, PoolState, WorkerState
 from pool import (
     BrokenWorkerError,
     PersistentWorkerPool,
@@ -333,6 +333,26 @@ class TestLifecycle:
             pass
         with pytest.raises(PoolClosedError, match="a pool runs once"), pool:
             pass
+
+    def test_feeds_show_in_the_status_under_distinct_names(self) -> None:
+        """Several feeds on one pool (e.g. Polymarket's assets split over connections) each show under
+        their name; a second feed of the same name is refused; a detached feed disappears."""
+
+        def status_of(name: str, frames: int) -> FeedStatus:
+            return FeedStatus(
+                name=name, connected=True, reconnects=0, frames=frames, bytes=0, oversized=0, subscribed=1,
+                last_frame_age=None,
+            )  # fmt: skip
+
+        with PersistentWorkerPool(config(worker_count=1)) as pool:
+            detach_first = pool.attach_feed("first", lambda: status_of("first", 1))
+            pool.attach_feed("second", lambda: status_of("second", 2))
+            with pytest.raises(ValueError, match="a feed named 'second' is attached already"):
+                pool.attach_feed("second", lambda: status_of("second", 3))
+            assert {name: feed.frames for name, feed in pool.get_status().feeds.items()} == {"first": 1, "second": 2}
+            detach_first()
+            assert list(pool.get_status().feeds) == ["second"]
+            assert pool.get_status().feeds["second"].undelivered == 0  # the field feeds may leave out
 
     def test_backpressure_times_out_with_a_clear_error(self) -> None:
         """With max_pending_messages reached and a slow worker, publish(timeout=...) raises and says why."""
