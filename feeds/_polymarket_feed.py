@@ -33,9 +33,9 @@ from ._websocket import ConnectionClosed, WebSocket, _Oversized
 __all__ = ["DEFAULT_WS_URL", "MAX_ASSETS_PER_CONNECTION", "PolymarketFeed"]
 
 DEFAULT_WS_URL = "wss://ws-subscriptions-clob.polymarket.com/ws/market"
-# Above this many assets on one connection Polymarket sends no initial `book`s (as nautilus_trader's
-# Polymarket integration documents), so the feed could never build those books nor refresh them after a
-# reconnect.
+# Above this many assets on one connection Polymarket stops sending their book data (an undocumented limit
+# that nautilus_trader ran into and works around with more connections: its pull request #2915), so the
+# feed could never build those books nor refresh them after a reconnect.
 MAX_ASSETS_PER_CONNECTION = 500
 
 
@@ -176,8 +176,8 @@ class PolymarketFeed:
         if count > self._max_assets:
             raise ValueError(
                 f"PolymarketFeed: {count} assets would be more than max_assets={self._max_assets} on one "
-                "connection, and Polymarket sends no initial `book` for that many, so those books could never "
-                "be built. Split the assets over several PolymarketFeeds (each with its own name), keeping both "
+                "connection, and Polymarket stops sending book data beyond that, so those books could never be "
+                "built. Split the assets over several PolymarketFeeds (each with its own name), keeping both "
                 "tokens of a market in the same one"
             )
 
@@ -210,7 +210,9 @@ class PolymarketFeed:
         self._heard_at = time.monotonic()
         self._log.info("feed_connected", assets=len(self._assets), reconnects=self._connections - 1)
         try:
-            await socket.send_text(msgspec.json.encode({"assets_ids": list(self._assets), "type": "market"}).decode())
+            # `initial_dump` defaults to true, but without it some books never come at scale (nautilus_trader #3963).
+            subscription = {"assets_ids": list(self._assets), "type": "market", "initial_dump": True}
+            await socket.send_text(msgspec.json.encode(subscription).decode())
             async with anyio.create_task_group() as tasks:
                 tasks.start_soon(self._keep_alive, socket)
                 tasks.start_soon(self._watch_idle)

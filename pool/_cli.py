@@ -150,7 +150,7 @@ def _check_run_flags(args: argparse.Namespace) -> None:
         if len(args.asset_ids) > MAX_ASSETS_PER_CONNECTION:
             raise ConfigError(
                 f"command line: --assets: {len(args.asset_ids)} token ids, more than the "
-                f"{MAX_ASSETS_PER_CONNECTION} Polymarket sends initial books for on one connection; run several "
+                f"{MAX_ASSETS_PER_CONNECTION} Polymarket sends book data for on one connection; run several "
                 "worker-pool processes, each with its own share (both tokens of a market in the same one)"
             )
     else:

@@ -68,7 +68,7 @@ async def test_replay_then_a_dropped_connection_ends_with_exact_books(anyio_back
             assert shown.reconnects == 1 and shown.connected and shown.frames == server.sent
             assert shown.last_frame_age is not None and shown.bytes > shown.frames
     assert server.connections == 2
-    assert [s["type"] for s in server.subscriptions] == ["market", "market"]
+    assert [(s["type"], s["initial_dump"]) for s in server.subscriptions] == [("market", True)] * 2
     assert all(sorted(s["assets_ids"]) == sorted(subscribed(market)) for s in server.subscriptions)
 
 

@@ -35,7 +35,7 @@ def test_idle_timeout_must_outlast_the_ping_interval() -> None:
 
 
 def test_no_more_assets_than_the_service_sends_books_for() -> None:
-    """Above the per-connection limit Polymarket sends no initial books: refused up front, naming the limit."""
+    """Above the per-connection limit Polymarket sends no book data: refused up front, naming the limit."""
     too_many = [str(n) for n in range(MAX_ASSETS_PER_CONNECTION + 1)]
     with pytest.raises(ValueError, match=f"{MAX_ASSETS_PER_CONNECTION + 1} assets .* max_assets=500"):
         PolymarketFeed(object(), too_many)
