@@ -1,4 +1,4 @@
-"""The live view `worker-pool run` shows on a terminal: the pool, one row per worker, recent events.
+"""The live view `worker-pool run` shows on a terminal: the pool, its feeds, one row per worker, recent events.
 
 Drawn with rich (refreshed about twice a second by ``rich.live.Live``). The view keeps what a single
 status cannot tell: each worker's message rate (from the last two statuses) and the recent lifecycle
@@ -16,7 +16,7 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from models import ExitReason, PoolEvent, PoolEventKind, PoolStatus, WorkerState
+from models import ExitReason, FeedStatus, PoolEvent, PoolEventKind, PoolStatus, WorkerState
 
 __all__ = ["LiveView"]
 
@@ -61,6 +61,7 @@ class LiveView:
             f"  books {status.total_books:,}  restarts {status.restarts}"
             f"  system memory {memory.usage_percent:.0f}% (pressure above {memory.threshold:.0%})",
         )
+        feeds = [_feed_line(feed) for _, feed in sorted(status.feeds.items())]
         table = Table(box=box.SIMPLE_HEAD, expand=False, pad_edge=False)
         for column, justify in (
             ("worker", "right"),
@@ -91,7 +92,7 @@ class LiveView:
                 f"  {time.strftime('%H:%M:%S', time.localtime(when))} worker {event.worker_id} "
                 f"{event.kind.value}{detail}\n"
             )
-        return Group(header, table, events)
+        return Group(header, *feeds, table, events)
 
     def _worker_rates(self, status: PoolStatus) -> dict[int, float]:
         now = time.monotonic()
@@ -113,3 +114,18 @@ def _memory_bar(used: int, cap: int | None) -> RenderableType:
     table = Table.grid(padding=(0, 1))
     table.add_row(bar, Text(f"{used / _MB:,.0f}/{cap / _MB:,.0f} MB"))
     return table
+
+
+def _feed_line(feed: FeedStatus) -> Text:
+    """One line a feed: whether it is connected, and the figures that say it is healthy."""
+    state = ("connected", "green") if feed.connected else ("disconnected", "bold red")
+    age = "no frame yet" if feed.last_frame_age is None else f"last frame {feed.last_frame_age:.1f} s ago"
+    line = Text.assemble(
+        f"feed {feed.name} ",
+        state,
+        f"  {feed.subscribed:,} assets  {feed.frames:,} frames  {feed.reconnects} reconnects  {age}",
+    )
+    for count, what in ((feed.oversized, "oversized"), (feed.undelivered, "undelivered")):
+        if count:
+            line.append(f"  {count:,} {what}", style="yellow")
+    return line

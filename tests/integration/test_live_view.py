@@ -9,6 +9,7 @@ import signal
 import pytest
 from rich.console import Console
 
+from models import FeedStatus
 from pool import PersistentWorkerPool, PoolConfig
 from pool._live_view import LiveView
 from pool._synthetic import SyntheticMarket
@@ -19,6 +20,13 @@ def rendered(view: LiveView, pool: PersistentWorkerPool) -> str:
     console = Console(record=True, width=140, file=io.StringIO(), color_system=None)
     console.print(view.render(pool.get_status()))
     return console.export_text()
+
+
+def feed_status(*, connected: bool) -> FeedStatus:
+    return FeedStatus(
+        name="polymarket", connected=connected, reconnects=2, frames=1_234, bytes=99_000, oversized=0,
+        undelivered=7, subscribed=40, last_frame_age=0.5,
+    )  # fmt: skip
 
 
 @pytest.mark.timeout(60)
@@ -48,5 +56,9 @@ def test_one_row_per_worker_and_a_restart_shows_while_the_run_goes_on() -> None:
         new_pid = pool.get_status().workers[1].pid
         row = next(line.split() for line in text.splitlines() if line.split()[:2] == ["1", str(new_pid)])
         assert row[2] == "running" and row[-1] == "1"  # the restarts column
+        pool.attach_feed("polymarket", lambda: feed_status(connected=False))
+        text = rendered(view, pool)
+        line = next(line for line in text.splitlines() if line.startswith("feed polymarket"))
+        assert "disconnected" in line and "2 reconnects" in line and "7 undelivered" in line
     # The pool's own stop is no news: the shutdown exits are not listed.
     assert "exit code 0" not in rendered(view, pool)
