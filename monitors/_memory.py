@@ -25,7 +25,7 @@ import msgspec
 import psutil
 import structlog
 
-from models import PoolConfig
+from pool.models import PoolConfig
 
 __all__ = ["CallbackHandle", "MemoryInfo", "MemoryMonitor", "SystemMemoryInfo", "WorkerTarget"]
 

@@ -7,7 +7,7 @@
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from models import PoolConfig
+from pool.models import PoolConfig
 
 from ._exceptions import (
     BrokenWorkerError,

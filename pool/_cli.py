@@ -34,7 +34,7 @@ import anyio
 import msgspec
 import structlog
 
-from models import PoolConfig, PoolStatus, WorkerState, WorkerStats
+from pool.models import PoolConfig, PoolStatus, WorkerState, WorkerStats
 
 from ._config_sources import ENV_PREFIX, ConfigError, load_config
 from ._exceptions import BrokenWorkerError, PoolError
@@ -145,7 +145,7 @@ def _check_run_flags(args: argparse.Namespace) -> None:
                 "command line: --source polymarket needs httpx and wsproto: "
                 "pip install 'persistent-worker-pool[polymarket]'"
             )
-        from feeds import MAX_ASSETS_PER_CONNECTION
+        from pool.feeds import MAX_ASSETS_PER_CONNECTION
 
         if len(args.asset_ids) > MAX_ASSETS_PER_CONNECTION:
             raise ConfigError(
@@ -295,7 +295,7 @@ class _PolymarketSource:
     """Polymarket's CLOB: the WebSocket feed publishes; the REST source rebuilds replaced workers."""
 
     def __init__(self, args: argparse.Namespace) -> None:
-        from feeds import DEFAULT_REST_URL, DEFAULT_WS_URL, PolymarketRestSource  # the `polymarket` extra
+        from pool.feeds import DEFAULT_REST_URL, DEFAULT_WS_URL, PolymarketRestSource  # the `polymarket` extra
 
         self.ids: list[str] = args.asset_ids
         self.snapshots: Any = PolymarketRestSource(args.rest_url or DEFAULT_REST_URL)
@@ -309,7 +309,7 @@ class _PolymarketSource:
             await self._feed.resubscribe(asset_ids)
 
     async def run(self, pool: PersistentWorkerPool, args: argparse.Namespace, stop: _Stop, started: Any) -> None:
-        from feeds import PolymarketFeed
+        from pool.feeds import PolymarketFeed
 
         self._feed = PolymarketFeed(pool, self.ids, url=self.url)
         async with self._feed:

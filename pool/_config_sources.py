@@ -16,7 +16,7 @@ from typing import Any
 
 import msgspec
 
-from models import PoolConfig
+from pool.models import PoolConfig
 
 __all__ = ["ENV_PREFIX", "ConfigError", "load_config"]
 

@@ -9,7 +9,7 @@ from typing import Any, TypeAlias
 import anyio.abc
 import msgspec
 
-from models import ExitReason, PoolEvent, PoolEventKind
+from pool.models import ExitReason, PoolEvent, PoolEventKind
 
 __all__ = ["EventHub", "Listener"]
 

@@ -32,7 +32,7 @@ import msgspec
 from anyio.abc import SocketStream
 from anyio.streams.buffered import BufferedByteReceiveStream
 
-from models import BookView, ExitReason, PoolConfig, PoolEvent, PoolEventKind, WorkerState, WorkerStats
+from pool.models import BookView, ExitReason, PoolConfig, PoolEvent, PoolEventKind, WorkerState, WorkerStats
 
 from ._exceptions import BrokenWorkerError, RemoteTraceback, WorkerStartupError
 from ._protocol import (

@@ -16,7 +16,7 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from models import ExitReason, FeedStatus, PoolEvent, PoolEventKind, PoolStatus, WorkerState
+from pool.models import ExitReason, FeedStatus, PoolEvent, PoolEventKind, PoolStatus, WorkerState
 
 __all__ = ["LiveView"]
 

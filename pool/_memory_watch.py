@@ -26,8 +26,8 @@ from typing import Any
 import anyio
 import anyio.abc
 
-from models import ExitReason, MemoryStatus, PoolConfig, PoolEvent, PoolEventKind, WorkerState
-from monitors import MemoryInfo, MemoryMonitor, SystemMemoryInfo
+from pool.models import ExitReason, MemoryStatus, PoolConfig, PoolEvent, PoolEventKind, WorkerState
+from pool.monitors import MemoryInfo, MemoryMonitor, SystemMemoryInfo
 
 from ._events import EventHub
 from ._handle import WorkerHandle

@@ -28,7 +28,7 @@ from prometheus_client.metrics_core import (
 )
 from prometheus_client.registry import Collector
 
-from models import BATCH_SECONDS_BOUNDS, PoolState, PoolStatus, WorkerState, WorkerStats
+from pool.models import BATCH_SECONDS_BOUNDS, PoolState, PoolStatus, WorkerState, WorkerStats
 
 __all__ = ["FEED_METRIC_NAMES", "METRIC_NAMES", "MetricsServer", "PoolCollector"]
 

@@ -56,7 +56,7 @@ import msgspec
 import structlog
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
-from models import (
+from pool.models import (
     BookEvent,
     BookView,
     Event,
@@ -75,7 +75,7 @@ from models import (
     WorkerStatus,
     decode_frame,
 )
-from monitors import MemoryInfo, MemoryMonitor
+from pool.monitors import MemoryInfo, MemoryMonitor
 
 from ._events import EventHub, Listener
 from ._exceptions import BrokenWorkerError, PoolClosedError, PoolTimeoutError, UnknownAssetError, WorkerStartupError

@@ -13,7 +13,7 @@ import struct
 
 import msgspec
 
-from models import BookView, WorkerStats
+from pool.models import BookView, WorkerStats
 
 __all__ = [
     "Batch",

@@ -17,7 +17,7 @@ from typing import Any, Protocol, TypeAlias, runtime_checkable
 import anyio
 import msgspec
 
-from models import BookEvent, MessageError, decode_frame
+from pool.models import BookEvent, MessageError, decode_frame
 
 __all__ = ["CallableSnapshotSource", "Snapshot", "SnapshotSource", "as_snapshot_source", "snapshot_frames"]
 

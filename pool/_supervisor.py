@@ -33,7 +33,7 @@ from typing import Any, TypeAlias
 import anyio
 import anyio.abc
 
-from models import ExitReason, MessageError, PoolConfig, PoolEvent, PoolEventKind, WorkerState
+from pool.models import ExitReason, MessageError, PoolConfig, PoolEvent, PoolEventKind, WorkerState
 
 from ._events import EventHub
 from ._exceptions import BrokenWorkerError, WorkerStartupError

@@ -28,7 +28,7 @@ import msgspec
 import psutil
 import structlog
 
-from models import (
+from pool.models import (
     BATCH_SECONDS_BOUNDS,
     BookEvent,
     BookStore,

@@ -13,7 +13,7 @@ import anyio
 import msgspec
 import psutil
 
-from models import PoolEvent, PoolEventKind
+from pool.models import PoolEvent, PoolEventKind
 
 FIXTURES = Path(__file__).parent / "fixtures" / "polymarket"
 

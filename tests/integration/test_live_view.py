@@ -9,10 +9,10 @@ import signal
 import pytest
 from rich.console import Console
 
-from models import FeedStatus
 from pool import PersistentWorkerPool, PoolConfig
 from pool._live_view import LiveView
 from pool._synthetic import SyntheticMarket
+from pool.models import FeedStatus
 from tests.support import wait_for
 
 

@@ -6,10 +6,10 @@ import functools
 
 import pytest
 
-from models import ExitReason, PoolEvent, PoolEventKind, WorkerState
-from monitors import MemoryInfo
 from pool import PersistentWorkerPool, PoolConfig
 from pool._synthetic import SyntheticMarket
+from pool.models import ExitReason, PoolEvent, PoolEventKind, WorkerState
+from pool.monitors import MemoryInfo
 from tests.integration import handlers
 from tests.support import ReferenceBooks, ReferenceSource, as_decimals, wait_for
 

@@ -7,10 +7,10 @@ import signal
 
 import pytest
 
-from feeds import PolymarketFeed, PolymarketRestSource
-from models import PoolEvent, PoolEventKind, WorkerState
 from pool import BrokenWorkerError, PersistentWorkerPool, PoolConfig
 from pool._synthetic import SyntheticMarket
+from pool.feeds import PolymarketFeed, PolymarketRestSource
+from pool.models import PoolEvent, PoolEventKind, WorkerState
 from tests.integration.clob_server import ClobServer
 from tests.integration.market_server import MarketServer
 from tests.support import ReferenceBooks, as_decimals, event_asset_ids, sequence_objects, until

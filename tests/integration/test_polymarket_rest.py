@@ -11,10 +11,10 @@ import anyio
 import msgspec
 import pytest
 
-from feeds import PolymarketRestSource, RestSourceError, UnknownBookError
-from models import BookEvent, WorkerState, decode_frame
 from pool import PersistentWorkerPool
 from pool._synthetic import SyntheticMarket
+from pool.feeds import PolymarketRestSource, RestSourceError, UnknownBookError
+from pool.models import BookEvent, WorkerState, decode_frame
 from tests.integration.clob_server import ClobServer
 from tests.integration.test_supervision import assert_exact, config, owned_by, publish_tracked
 from tests.support import ReferenceBooks, ReferenceSource, rest_shape, wait_for

@@ -19,7 +19,6 @@ import psutil
 import pytest
 import structlog
 
-from models import BookView, ExitReason, FeedStatus, PoolState, WorkerState
 from pool import (
     BrokenWorkerError,
     PersistentWorkerPool,
@@ -30,6 +29,7 @@ from pool import (
     WorkerStartupError,
 )
 from pool._synthetic import SyntheticMarket
+from pool.models import BookView, ExitReason, FeedStatus, PoolState, WorkerState
 from tests.integration import handlers
 from tests.support import ReferenceBooks, as_decimals, child_pids, wait_for
 

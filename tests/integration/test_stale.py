@@ -8,10 +8,10 @@ import signal
 
 import pytest
 
-from models import PoolEvent, PoolEventKind, WorkerState
 from pool import PersistentWorkerPool, PoolClosedError, PoolConfig
 from pool._metrics import PoolCollector
 from pool._synthetic import SyntheticMarket
+from pool.models import PoolEvent, PoolEventKind, WorkerState
 from tests.support import ReferenceBooks, ReferenceSource, as_decimals, event_asset_ids, wait_for
 
 pytestmark = pytest.mark.timeout(60)

@@ -13,9 +13,9 @@ import msgspec
 import psutil
 import pytest
 
-from models import ExitReason, PoolEvent, PoolEventKind, PoolState, WorkerState
 from pool import BrokenWorkerError, PersistentWorkerPool, PoolConfig
 from pool._synthetic import SyntheticMarket
+from pool.models import ExitReason, PoolEvent, PoolEventKind, PoolState, WorkerState
 from tests.integration import handlers
 from tests.support import ReferenceBooks, ReferenceSource, as_decimals, wait_for
 

@@ -21,9 +21,9 @@ import signal
 import statistics
 import time
 
-from models import PoolEvent, PoolEventKind
 from pool import PersistentWorkerPool, PoolConfig
 from pool._synthetic import SyntheticMarket
+from pool.models import PoolEvent, PoolEventKind
 
 
 def _wait_live(pool: PersistentWorkerPool, asset_id: str) -> None:

@@ -34,10 +34,10 @@ from typing import Any
 
 import msgspec
 
-from models import BookEvent, PoolConfig, PriceChange, UnknownEvent, decode_frame
 from pool import PersistentWorkerPool
 from pool._routing import slot_for
 from pool._synthetic import SyntheticMarket
+from pool.models import BookEvent, PoolConfig, PriceChange, UnknownEvent, decode_frame
 
 # Frames per publish call in the pool run: what a feed adapter reading a socket would hand over.
 _PUBLISH_CHUNK = 2_000

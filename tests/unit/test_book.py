@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from models import (
+from pool.models import (
     BookEvent,
     BookStore,
     Level,

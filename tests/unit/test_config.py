@@ -7,7 +7,7 @@ import os
 import msgspec
 import pytest
 
-from models import PoolConfig
+from pool.models import PoolConfig
 
 
 class TestPoolConfig:

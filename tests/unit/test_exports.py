@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import ast
 import importlib
 import types
+from pathlib import Path
 
 import pytest
 
-PACKAGES = ["pool", "models", "monitors", "feeds"]
+PACKAGES = ["pool", "pool.models", "pool.monitors", "pool.feeds"]
 # Names a package re-exports for convenience from the package that defines them.
-REEXPORTS = {"pool": {"PoolConfig": "models"}}
+REEXPORTS = {"pool": {"PoolConfig": "pool.models"}}
+ROOT = Path(__file__).parents[2]
+SHORT_NAMES = {"models", "monitors", "feeds"}
 
 
 @pytest.mark.parametrize("name", PACKAGES)
@@ -46,3 +50,33 @@ def test_worker_does_not_import_the_parent_machinery() -> None:
     code = "import sys, pool._worker; print('anyio' in sys.modules, 'pool._pool' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=30)
     assert result.stdout.split() == ["False", "False"]
+
+
+def test_a_users_own_models_monitors_and_feeds_do_not_shadow_ours(tmp_path: Path) -> None:
+    """A script next to its own models.py, monitors.py and feeds.py still imports every public name."""
+    import subprocess
+    import sys
+
+    for name in ("models", "monitors", "feeds"):
+        (tmp_path / f"{name}.py").write_text(f"raise ImportError('the user\\'s own {name}.py was imported')\n")
+    script = "; ".join(f"from {package} import *" for package in PACKAGES) + "; print('ok')"
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["ok"]
+
+
+def test_nothing_imports_the_folders_by_their_top_level_names() -> None:
+    """`models`, `monitors` and `feeds` are only ever imported as `pool.models`, `pool.monitors`, `pool.feeds`:
+    imported by the short name from the source tree, they would be second copies of every class."""
+    offenders = []
+    for path in sorted(ROOT.glob("**/*.py")):
+        if ".venv" in path.parts:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = [alias.name for alias in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            offenders += [f"{path.relative_to(ROOT)}: {name}" for name in names if name.split(".")[0] in SHORT_NAMES]
+    assert offenders == []

@@ -5,7 +5,7 @@ from __future__ import annotations
 import anyio
 import pytest
 
-from feeds import MAX_ASSETS_PER_CONNECTION, PolymarketFeed
+from pool.feeds import MAX_ASSETS_PER_CONNECTION, PolymarketFeed
 
 
 @pytest.mark.parametrize(

@@ -7,8 +7,8 @@ import os
 import anyio
 import pytest
 
-from models import PoolConfig
-from monitors import MemoryInfo, MemoryMonitor, SystemMemoryInfo
+from pool.models import PoolConfig
+from pool.monitors import MemoryInfo, MemoryMonitor, SystemMemoryInfo
 
 MB = 1024 * 1024
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-from models import (
+from pool.models import (
     BookEvent,
     LastTradePrice,
     MessageError,

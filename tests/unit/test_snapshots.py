@@ -7,9 +7,9 @@ from collections.abc import Sequence
 import anyio
 import pytest
 
-from models import BookEvent, Level, MessageError, decode_frame
 from pool import CallableSnapshotSource, SnapshotSource
 from pool._snapshots import as_snapshot_source, snapshot_frames
+from pool.models import BookEvent, Level, MessageError, decode_frame
 
 BOOK = (
     b'{"event_type":"book","asset_id":"a","market":"m","bids":[{"price":"0.1","size":"1"}],"asks":[],"timestamp":"7"}'

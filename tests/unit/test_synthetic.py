@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import anyio
 
-from models import BookEvent, BookStore, decode_frame
 from pool._snapshots import SnapshotSource
 from pool._synthetic import SyntheticMarket
+from pool.models import BookEvent, BookStore, decode_frame
 from tests.support import ReferenceBooks, as_decimals
 
 

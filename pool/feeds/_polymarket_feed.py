@@ -25,8 +25,8 @@ import anyio
 import msgspec
 import structlog
 
-from models import FeedStatus
 from pool import BrokenWorkerError
+from pool.models import FeedStatus
 
 from ._websocket import ConnectionClosed, WebSocket, _Oversized
 
