@@ -1,7 +1,7 @@
 """persistent-worker-pool: live order books in long-lived worker processes, sharded by asset id.
 
 ``PersistentWorkerPool`` is imported on first use (PEP 562), so that a worker process, which imports
-``pool._worker``, does not pay for the parent's machinery (anyio, the supervisor) it never runs.
+``pool._worker._loop``, does not pay for the parent's machinery (anyio, the supervisor) it never runs.
 """
 
 import importlib
@@ -20,8 +20,8 @@ from ._exceptions import (
 )
 
 if TYPE_CHECKING:
-    from ._pool import PersistentWorkerPool
-    from ._snapshots import CallableSnapshotSource, SnapshotSource
+    from ._parent._pool import PersistentWorkerPool
+    from ._parent._snapshots import CallableSnapshotSource, SnapshotSource
 
 __all__ = [
     "BrokenWorkerError",
@@ -46,9 +46,9 @@ del _name, _value
 
 # Loaded on first use: these modules import anyio, which a worker process never needs.
 _LAZY = {
-    "CallableSnapshotSource": "._snapshots",
-    "PersistentWorkerPool": "._pool",
-    "SnapshotSource": "._snapshots",
+    "CallableSnapshotSource": "._parent._snapshots",
+    "PersistentWorkerPool": "._parent._pool",
+    "SnapshotSource": "._parent._snapshots",
 }
 
 

@@ -1,8 +1,8 @@
-"""``python -m pool``: the ``worker-pool`` command line (see `pool._cli`)."""
+"""``python -m pool``: the ``worker-pool`` command line (see `pool._service._cli`)."""
 
 import sys
 
-from ._cli import main
+from pool._service._cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

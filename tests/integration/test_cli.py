@@ -23,8 +23,8 @@ from typing import Any
 import psutil
 import pytest
 
-from pool._metrics import FEED_METRIC_NAMES, METRIC_NAMES
-from pool._synthetic import SyntheticMarket
+from pool._service._metrics import FEED_METRIC_NAMES, METRIC_NAMES
+from pool._service._synthetic import SyntheticMarket
 from tests.integration.clob_server import ClobServer
 from tests.integration.market_server import MarketServer
 from tests.support import wait_for

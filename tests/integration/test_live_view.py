@@ -10,8 +10,8 @@ import pytest
 from rich.console import Console
 
 from pool import PersistentWorkerPool, PoolConfig
-from pool._live_view import LiveView
-from pool._synthetic import SyntheticMarket
+from pool._service._live_view import LiveView
+from pool._service._synthetic import SyntheticMarket
 from pool.models import FeedStatus
 from tests.support import wait_for
 

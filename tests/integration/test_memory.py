@@ -7,7 +7,7 @@ import functools
 import pytest
 
 from pool import PersistentWorkerPool, PoolConfig
-from pool._synthetic import SyntheticMarket
+from pool._service._synthetic import SyntheticMarket
 from pool.models import ExitReason, PoolEvent, PoolEventKind, WorkerState
 from pool.monitors import MemoryInfo
 from tests.integration import handlers

@@ -8,7 +8,7 @@ import signal
 import pytest
 
 from pool import BrokenWorkerError, PersistentWorkerPool, PoolConfig
-from pool._synthetic import SyntheticMarket
+from pool._service._synthetic import SyntheticMarket
 from pool.feeds import PolymarketFeed, PolymarketRestSource
 from pool.models import PoolEvent, PoolEventKind, WorkerState
 from tests.integration.clob_server import ClobServer

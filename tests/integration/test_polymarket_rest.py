@@ -12,7 +12,7 @@ import msgspec
 import pytest
 
 from pool import PersistentWorkerPool
-from pool._synthetic import SyntheticMarket
+from pool._service._synthetic import SyntheticMarket
 from pool.feeds import PolymarketRestSource, RestSourceError, UnknownBookError
 from pool.models import BookEvent, WorkerState, decode_frame
 from tests.integration.clob_server import ClobServer

@@ -28,7 +28,7 @@ from pool import (
     UnknownAssetError,
     WorkerStartupError,
 )
-from pool._synthetic import SyntheticMarket
+from pool._service._synthetic import SyntheticMarket
 from pool.models import BookView, ExitReason, FeedStatus, PoolState, WorkerState
 from tests.integration import handlers
 from tests.support import ReferenceBooks, as_decimals, child_pids, wait_for

@@ -9,8 +9,8 @@ import signal
 import pytest
 
 from pool import PersistentWorkerPool, PoolClosedError, PoolConfig
-from pool._metrics import PoolCollector
-from pool._synthetic import SyntheticMarket
+from pool._service._metrics import PoolCollector
+from pool._service._synthetic import SyntheticMarket
 from pool.models import PoolEvent, PoolEventKind, WorkerState
 from tests.support import ReferenceBooks, ReferenceSource, as_decimals, event_asset_ids, wait_for
 

@@ -14,7 +14,7 @@ import psutil
 import pytest
 
 from pool import BrokenWorkerError, PersistentWorkerPool, PoolConfig
-from pool._synthetic import SyntheticMarket
+from pool._service._synthetic import SyntheticMarket
 from pool.models import ExitReason, PoolEvent, PoolEventKind, PoolState, WorkerState
 from tests.integration import handlers
 from tests.support import ReferenceBooks, ReferenceSource, as_decimals, wait_for

@@ -30,7 +30,7 @@ import psutil
 import structlog
 
 from pool import PersistentWorkerPool, PoolConfig
-from pool._synthetic import SyntheticMarket
+from pool._service._synthetic import SyntheticMarket
 from tests.performance.bench_throughput import QueueDesign
 
 _MB = 1024 * 1024

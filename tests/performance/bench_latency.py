@@ -26,7 +26,7 @@ import anyio
 import msgspec
 
 from pool import PersistentWorkerPool, PoolConfig
-from pool._synthetic import SyntheticMarket
+from pool._service._synthetic import SyntheticMarket
 from tests.performance.bench_throughput import QueueDesign, _apply_decoded
 
 _SYNC = "sync"  # a message the old design's worker answers once it has applied everything before it

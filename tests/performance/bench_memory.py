@@ -27,7 +27,7 @@ import msgspec
 import psutil
 
 from pool import PersistentWorkerPool, PoolConfig
-from pool._synthetic import SyntheticMarket
+from pool._service._synthetic import SyntheticMarket
 
 _MB = 1024 * 1024
 _LEVELS_PER_SIDE = 99  # a window wider than the grid: every tick but the mid, 98 levels a book

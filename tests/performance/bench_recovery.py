@@ -22,7 +22,7 @@ import statistics
 import time
 
 from pool import PersistentWorkerPool, PoolConfig
-from pool._synthetic import SyntheticMarket
+from pool._service._synthetic import SyntheticMarket
 from pool.models import PoolEvent, PoolEventKind
 
 

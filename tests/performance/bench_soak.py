@@ -20,7 +20,7 @@ import time
 import psutil
 
 from pool import PersistentWorkerPool, PoolConfig
-from pool._synthetic import SyntheticMarket
+from pool._service._synthetic import SyntheticMarket
 
 _MB = 1024 * 1024
 _SETTLE_SECONDS = 60.0

@@ -35,8 +35,8 @@ from typing import Any
 import msgspec
 
 from pool import PersistentWorkerPool
-from pool._routing import slot_for
-from pool._synthetic import SyntheticMarket
+from pool._service._synthetic import SyntheticMarket
+from pool._wire._routing import slot_for
 from pool.models import BookEvent, PoolConfig, PriceChange, UnknownEvent, decode_frame
 
 # Frames per publish call in the pool run: what a feed adapter reading a socket would hand over.

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pool._config_sources import ConfigError, load_config
+from pool._service._config_sources import ConfigError, load_config
 
 
 def write(tmp_path: Path, text: str) -> Path:

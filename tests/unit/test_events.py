@@ -5,7 +5,7 @@ from __future__ import annotations
 import anyio
 import structlog
 
-from pool._events import EventHub
+from pool._parent._events import EventHub
 from pool.models import ExitReason, PoolEvent, PoolEventKind
 
 EVENT = PoolEvent(kind=PoolEventKind.WORKER_EXITED, worker_id=1, pid=42, reason=ExitReason.CRASH, exit_code=3)

@@ -43,11 +43,11 @@ def test_all_is_complete(name: str) -> None:
 
 
 def test_worker_does_not_import_the_parent_machinery() -> None:
-    """A worker process imports pool._worker; that must not pull in anyio or the pool class."""
+    """A worker process imports pool._worker._loop; that must not pull in anyio or the pool class."""
     import subprocess
     import sys
 
-    code = "import sys, pool._worker; print('anyio' in sys.modules, 'pool._pool' in sys.modules)"
+    code = "import sys, pool._worker._loop; print('anyio' in sys.modules, 'pool._parent._pool' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=30)
     assert result.stdout.split() == ["False", "False"]
 

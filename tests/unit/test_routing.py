@@ -8,7 +8,7 @@ from collections import Counter
 
 import pytest
 
-from pool._routing import Router, slot_for
+from pool._wire._routing import Router, slot_for
 
 ASSETS = [str(10**75 + i * 7919) for i in range(2000)]
 
@@ -17,7 +17,7 @@ class TestSlotFor:
     def test_stable_in_a_fresh_interpreter(self) -> None:
         """A separate interpreter with a different hash seed routes every asset to the same slot."""
         code = (
-            "import sys; from pool._routing import slot_for; "
+            "import sys; from pool._wire._routing import slot_for; "
             "print(','.join(str(slot_for(a, 7)) for a in sys.stdin.read().split()))"
         )
         result = subprocess.run(

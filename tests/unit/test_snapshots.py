@@ -8,7 +8,7 @@ import anyio
 import pytest
 
 from pool import CallableSnapshotSource, SnapshotSource
-from pool._snapshots import as_snapshot_source, snapshot_frames
+from pool._parent._snapshots import as_snapshot_source, snapshot_frames
 from pool.models import BookEvent, Level, MessageError, decode_frame
 
 BOOK = (

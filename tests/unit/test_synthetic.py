@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import anyio
 
-from pool._snapshots import SnapshotSource
-from pool._synthetic import SyntheticMarket
+from pool._parent._snapshots import SnapshotSource
+from pool._service._synthetic import SyntheticMarket
 from pool.models import BookEvent, BookStore, decode_frame
 from tests.support import ReferenceBooks, as_decimals
 

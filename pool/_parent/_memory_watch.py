@@ -26,12 +26,11 @@ from typing import Any
 import anyio
 import anyio.abc
 
+from pool._parent._events import EventHub
+from pool._parent._handle import WorkerHandle
+from pool._parent._supervisor import Supervisor
 from pool.models import ExitReason, MemoryStatus, PoolConfig, PoolEvent, PoolEventKind, WorkerState
 from pool.monitors import MemoryInfo, MemoryMonitor, SystemMemoryInfo
-
-from ._events import EventHub
-from ._handle import WorkerHandle
-from ._supervisor import Supervisor
 
 __all__ = ["MemoryWatch", "memory_status"]
 

@@ -28,22 +28,8 @@ import msgspec
 import psutil
 import structlog
 
-from pool.models import (
-    BATCH_SECONDS_BOUNDS,
-    BookEvent,
-    BookStore,
-    BookView,
-    LastTradePrice,
-    MessageError,
-    OrderBook,
-    PriceChange,
-    TickSizeChange,
-    WorkerStats,
-    decode_frame,
-)
-
-from ._logging import configure_structlog
-from ._protocol import (
+from pool._service._logging import configure_structlog
+from pool._wire._protocol import (
     Batch,
     BookReply,
     Fatal,
@@ -57,7 +43,20 @@ from ._protocol import (
     Trim,
     Trimmed,
 )
-from ._routing import Router
+from pool._wire._routing import Router
+from pool.models import (
+    BATCH_SECONDS_BOUNDS,
+    BookEvent,
+    BookStore,
+    BookView,
+    LastTradePrice,
+    MessageError,
+    OrderBook,
+    PriceChange,
+    TickSizeChange,
+    WorkerStats,
+    decode_frame,
+)
 
 __all__ = ["HandlerFactory", "resolve_factory", "worker_main"]
 

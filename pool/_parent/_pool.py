@@ -12,12 +12,12 @@ Data flow::
     |  writer task ---- Batch / GetBook / Rebuild / Stop -->  socketpair --> worker |
     |  reader task <--- Progress / BookReply ---------------  socketpair <-- (proc) |
     |  watcher task: waits on the process sentinel (exit seen at once)             |
-    |  supervisor (pool._supervisor): restart with back-off and budget, rebuild     |
+    |  supervisor (pool._parent._supervisor): restart with back-off and budget, rebuild     |
     |     from the SnapshotSource; health loop: kills workers silent too long      |
     |  sampler task: system memory and throughput for get_status()                 |
     +------------------------------------------------------------------------------+
 
-    worker process (pool._worker): recv Batch -> decode each frame (msgspec) -> apply to
+    worker process (pool._worker._loop): recv Batch -> decode each frame (msgspec) -> apply to
     its BookStore -> call the user's handler -> send Progress (ack + stats)
 
 * publish: the parent reads only the asset ids of a frame, picks the slot(s), appends the raw bytes to
@@ -56,6 +56,15 @@ import msgspec
 import structlog
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
+from pool._exceptions import BrokenWorkerError, PoolClosedError, PoolTimeoutError, UnknownAssetError, WorkerStartupError
+from pool._parent._events import EventHub, Listener
+from pool._parent._handle import WorkerHandle
+from pool._parent._memory_watch import MemoryWatch, memory_status
+from pool._parent._snapshots import SnapshotSource, as_snapshot_source
+from pool._parent._supervisor import ResyncCallback, Supervisor
+from pool._wire._protocol import MarkStale
+from pool._wire._routing import Router
+from pool._worker._loop import HandlerFactory, resolve_factory
 from pool.models import (
     BookEvent,
     BookView,
@@ -76,16 +85,6 @@ from pool.models import (
     decode_frame,
 )
 from pool.monitors import MemoryInfo, MemoryMonitor
-
-from ._events import EventHub, Listener
-from ._exceptions import BrokenWorkerError, PoolClosedError, PoolTimeoutError, UnknownAssetError, WorkerStartupError
-from ._handle import WorkerHandle
-from ._memory_watch import MemoryWatch, memory_status
-from ._protocol import MarkStale
-from ._routing import Router
-from ._snapshots import SnapshotSource, as_snapshot_source
-from ._supervisor import ResyncCallback, Supervisor
-from ._worker import HandlerFactory, resolve_factory
 
 __all__ = ["PersistentWorkerPool"]
 

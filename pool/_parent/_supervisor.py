@@ -33,14 +33,13 @@ from typing import Any, TypeAlias
 import anyio
 import anyio.abc
 
+from pool._exceptions import BrokenWorkerError, WorkerStartupError
+from pool._parent._events import EventHub
+from pool._parent._handle import WorkerHandle, describe_exit
+from pool._parent._snapshots import SnapshotSource, snapshot_frames
+from pool._wire._protocol import Rebuild
+from pool._worker._loop import HandlerFactory
 from pool.models import ExitReason, MessageError, PoolConfig, PoolEvent, PoolEventKind, WorkerState
-
-from ._events import EventHub
-from ._exceptions import BrokenWorkerError, WorkerStartupError
-from ._handle import WorkerHandle, describe_exit
-from ._protocol import Rebuild
-from ._snapshots import SnapshotSource, snapshot_frames
-from ._worker import HandlerFactory
 
 __all__ = ["ResyncCallback", "Supervisor"]
 

@@ -32,10 +32,8 @@ import msgspec
 from anyio.abc import SocketStream
 from anyio.streams.buffered import BufferedByteReceiveStream
 
-from pool.models import BookView, ExitReason, PoolConfig, PoolEvent, PoolEventKind, WorkerState, WorkerStats
-
-from ._exceptions import BrokenWorkerError, RemoteTraceback, WorkerStartupError
-from ._protocol import (
+from pool._exceptions import BrokenWorkerError, RemoteTraceback, WorkerStartupError
+from pool._wire._protocol import (
     HEADER_SIZE,
     Batch,
     BookReply,
@@ -52,7 +50,8 @@ from ._protocol import (
     frame_header,
     unpack_header,
 )
-from ._worker import HandlerFactory, worker_main
+from pool._worker._loop import HandlerFactory, worker_main
+from pool.models import BookView, ExitReason, PoolConfig, PoolEvent, PoolEventKind, WorkerState, WorkerStats
 
 __all__ = ["WorkerHandle", "describe_exit"]
 

@@ -1,0 +1,1 @@
+"""The parent side: the pool's face and the parts behind it."""
