@@ -63,8 +63,13 @@ class WorkerError(PoolError):
 class WorkerStartupError(WorkerError):
     """A worker failed to become ready; the pool stopped every worker it had started and did not start.
 
-    When the worker reported a Python error, its traceback text is the ``__cause__``.
+    When the worker reported a Python error, its traceback text is the ``__cause__``; ``exit_code`` is the
+    process's (negative: the signal that ended it), ``None`` if unknown.
     """
+
+    def __init__(self, message: str, *, worker_id: int, pid: int | None, exit_code: int | None = None) -> None:
+        super().__init__(message, worker_id=worker_id, pid=pid)
+        self.exit_code = exit_code
 
 
 class BrokenWorkerError(WorkerError):

@@ -1,4 +1,4 @@
-"""Lifecycle events: one structlog line each, and a call to every registered listener."""
+"""Lifecycle events: a log entry each (book events tallied), and a call to every registered listener."""
 
 from __future__ import annotations
 
@@ -9,7 +9,10 @@ from typing import Any, TypeAlias
 import anyio.abc
 import msgspec
 
+from pool._wire._tally import Tally
 from pool.models import ExitReason, PoolEvent, PoolEventKind
+
+from ._changes import LoopWaker
 
 __all__ = ["EventHub", "Listener"]
 
@@ -24,22 +27,31 @@ _LEVELS = {
     PoolEventKind.MEMORY_BREACH: "warning",
 }
 
+# Book events come one per `book` frame when a feed's books go live again: hundreds in a second after a
+# reconnect. They are logged as tallies (one entry per kind per worker per interval, with the number of
+# books), while listeners still get every event.
+_TALLIED = frozenset({PoolEventKind.BOOK_STALE, PoolEventKind.BOOK_LIVE})
+
 
 class EventHub:
     """Fans a `PoolEvent` out to the log and to listeners. A listener that raises is logged, never fatal.
 
-    Sync listeners run inline in the pool's event loop (keep them short); async ones run as tasks.
+    Listeners run on the pool's loop: an event raised on another thread (a sync `publish` making a book
+    live) is handed to the loop first. Sync listeners run inline there (keep them short); async ones as tasks.
     """
 
     def __init__(self, log: Any) -> None:
         self._log = log
         self._listeners: list[Listener] = []
         self._task_group: anyio.abc.TaskGroup | None = None
+        self._waker: LoopWaker | None = None
+        self._tallies: dict[int, Tally] = {}
         self.listener_errors = 0
 
-    def attach(self, task_group: anyio.abc.TaskGroup | None) -> None:
-        """Where async listeners run (``None`` once the pool has stopped: they are then skipped)."""
+    def attach(self, task_group: anyio.abc.TaskGroup | None, waker: LoopWaker | None = None) -> None:
+        """Where async listeners run and how events reach the loop (``None`` once the pool has stopped)."""
         self._task_group = task_group
+        self._waker = waker
 
     def add_listener(self, listener: Listener) -> Callable[[], None]:
         """Register ``listener``; return a function that unregisters it."""
@@ -49,13 +61,20 @@ class EventHub:
         return lambda: self._listeners.remove(listener) if listener in self._listeners else None
 
     def emit(self, event: PoolEvent) -> None:
-        fields = {k: v for k, v in msgspec.structs.asdict(event).items() if v not in (None, "") and k != "kind"}
-        if event.asset_ids is not None:
-            fields["asset_ids"] = len(event.asset_ids)  # a count in the log; the listener gets the list
-        level = _LEVELS.get(event.kind, "info")
-        if event.reason in (ExitReason.SHUTDOWN, ExitReason.OPERATOR, ExitReason.MEMORY):
-            level = "info"  # an exit we asked for
-        getattr(self._log, level)(event.kind.value, **fields)
+        """Log ``event`` and call every listener, on the loop's thread (from any thread)."""
+        if self._waker is not None:
+            self._waker.soon(lambda: self._deliver(event))
+        else:
+            self._deliver(event)
+
+    def release_logs(self, *, force: bool = False) -> None:
+        """Write the tallied book events that are due (all of them with ``force``)."""
+        for worker_id, tally in self._tallies.items():
+            for entry in tally.release(force=force):
+                getattr(self._log, entry.level)(entry.event, worker_id=worker_id, books=entry.count, **entry.example)
+
+    def _deliver(self, event: PoolEvent) -> None:
+        self._write_log(event)
         for listener in list(self._listeners):
             try:
                 result = listener(event)
@@ -67,6 +86,20 @@ class EventHub:
             except Exception:
                 self.listener_errors += 1
                 self._log.exception("listener_failed", listener=repr(listener), pool_event=event.kind.value)
+
+    def _write_log(self, event: PoolEvent) -> None:
+        level = _LEVELS.get(event.kind, "info")
+        if event.reason in (ExitReason.SHUTDOWN, ExitReason.OPERATOR, ExitReason.MEMORY):
+            level = "info"  # an exit we asked for
+        if event.kind in _TALLIED and event.asset_ids:
+            tally = self._tallies.setdefault(event.worker_id, Tally())
+            tally.note(event.kind.value, level, len(event.asset_ids), asset_id=event.asset_ids[0], detail=event.detail)
+            self.release_logs()
+            return
+        fields = {k: v for k, v in msgspec.structs.asdict(event).items() if v not in (None, "") and k != "kind"}
+        if event.asset_ids is not None:
+            fields["asset_ids"] = len(event.asset_ids)  # a count in the log; the listener gets the list
+        getattr(self._log, level)(event.kind.value, **fields)
 
     async def _await_listener(self, result: Awaitable[None], listener: Listener) -> None:
         try:

@@ -19,6 +19,7 @@ grows. Actions never run in parallel.
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -26,11 +27,15 @@ from typing import Any
 import anyio
 import anyio.abc
 
-from pool._parent._events import EventHub
-from pool._parent._handle import WorkerHandle
-from pool._parent._supervisor import Supervisor
+from pool._exceptions import BrokenWorkerError
+from pool._wire._protocol import Trim
 from pool.models import ExitReason, MemoryStatus, PoolConfig, PoolEvent, PoolEventKind, WorkerState
 from pool.monitors import MemoryInfo, MemoryMonitor, SystemMemoryInfo
+
+from ._changes import Changes
+from ._events import EventHub
+from ._slot import Slot
+from ._supervisor import Supervisor
 
 __all__ = ["MemoryWatch", "memory_status"]
 
@@ -58,16 +63,18 @@ class MemoryWatch:
         self,
         config: PoolConfig,
         monitor: MemoryMonitor,
-        handles: list[WorkerHandle],
+        slots: list[Slot],
         supervisor: Supervisor,
+        changes: Changes,
         on_sample: Callable[[], None],
         events: EventHub,
         log: Any,
     ) -> None:
         self._config = config
         self._monitor = monitor
-        self._handles = handles
+        self._slots = slots
         self._supervisor = supervisor
+        self._changes = changes
         self._on_sample = on_sample
         self._events = events
         self._log = log
@@ -80,40 +87,45 @@ class MemoryWatch:
         while True:
             self.memory = memory_status(await self._monitor.check_system())
             targets = [
-                (h.worker_id, h.pid, h.stats.orderbook_count if h.stats else 0)
-                for h in self._handles
-                if h.state is WorkerState.RUNNING and h.pid is not None
+                (slot.worker_id, slot.process.pid, slot.process.stats.orderbook_count if slot.process.stats else 0)
+                for slot in self._slots
+                if slot.state is WorkerState.RUNNING and slot.process is not None
             ]
             for info in await self._monitor.check_workers(targets):
                 self.samples[info.worker_id] = info
                 if info.ratio >= 1.0 and not self._acting:
                     self._acting = True
-                    task_group.start_soon(self._relieve, self._handles[info.worker_id], info)
+                    task_group.start_soon(self._relieve, self._slots[info.worker_id], info)
             self._on_sample()
             await anyio.sleep(self._config.memory_check_interval)
 
-    async def _relieve(self, handle: WorkerHandle, info: MemoryInfo) -> None:
+    async def _relieve(self, slot: Slot, info: MemoryInfo) -> None:
         try:
-            with anyio.move_on_after(_TRIM_TIMEOUT):
-                await handle.trim()
-            again = self._monitor.sample(handle.worker_id, info.pid, info.books)
-            if again is None or again.pid != handle.pid:
+            try:
+                reply = slot.request(Trim)
+            except BrokenWorkerError:
+                return  # given up meanwhile: nothing left to relieve
+            slot.wake()
+            await self._changes.wait_async(lambda: reply.done, time.monotonic() + _TRIM_TIMEOUT)
+            process = slot.process
+            again = self._monitor.sample(slot.worker_id, info.pid, info.books)
+            if again is None or process is None or again.pid != process.pid:
                 return  # it exited meanwhile; the supervisor has it
             if again.ratio < 1.0:
                 self._log.info(
-                    "memory_given_back", worker_id=handle.worker_id, before=info.bytes_used, after=again.bytes_used
+                    "memory_given_back", worker_id=slot.worker_id, before=info.bytes_used, after=again.bytes_used
                 )
                 return
             policy = self._config.memory_policy
             pressure = self.memory is not None and self.memory.pressure
             action = {"callback": "reported", "restart": "restart"}.get(policy, "restart" if pressure else "recycle")
-            self.actions.append((handle.worker_id, action))
+            self.actions.append((slot.worker_id, action))
             why = " (recycle refused: system memory pressure)" if policy == "recycle" and pressure else ""
             self._events.emit(
                 PoolEvent(
                     kind=PoolEventKind.MEMORY_BREACH,
-                    worker_id=handle.worker_id,
-                    pid=handle.pid,
+                    worker_id=slot.worker_id,
+                    pid=process.pid,
                     detail=(
                         f"{again.bytes_used / _MB:.1f} MB private against a cap of {again.cap_bytes / _MB:.1f} MB "
                         f"({again.books} books) after giving memory back; action: {action}{why}"
@@ -123,11 +135,10 @@ class MemoryWatch:
             if action == "reported":
                 return
             if action == "recycle":
-                await self._supervisor.recycle(handle)
+                await self._supervisor.recycle(slot)
             else:
-                exited = handle.exited
-                handle.kill_for(ExitReason.MEMORY)
-                await exited.wait()
-            await handle.wait_running()
+                process.kill(ExitReason.MEMORY)
+                await process.exited.wait()
+            await slot.wait_running()
         finally:
             self._acting = False

@@ -1,24 +1,50 @@
 """Supervision: notice dead and hung workers, restart them within limits, and rebuild their books.
 
-A dead worker is seen at once (its handle's watcher waits on the process sentinel); a hung one when it
-has been silent for ``heartbeat_timeout`` (the health loop kills it). Either way the slot goes to
-``recovering`` and its supervisor task:
+Data flow::
 
-1. decides whether the exit may be restarted: abnormal exits (crash, kill we did not send, hang) spend a
-   budget of ``max_restarts`` per ``restart_window`` seconds, as OTP supervisors do; past it the slot is
-   ``failed`` and the pool ``degraded``;
-2. waits a back-off (none for the first restart, then exponential with jitter, capped), so a crash loop
-   costs the parent almost no CPU;
-3. starts a replacement in the same slot (routing never changes);
-4. rebuilds: fetches fresh snapshots of every asset the slot held and queues them ahead of everything the
-   dead worker had not applied (its in-flight frames, requeued by the handle, and whatever was published
-   meanwhile). The worker installs each snapshot and then skips replayed updates older than it, so each
-   book ends as if nothing had happened. Without a snapshot source, or for assets the source cannot
-   serve, the books are marked stale and ``on_resync`` receives their ids;
-5. puts the slot back to ``running``.
+    caller's thread (sync) or task (async)
+      publish / mark_stale / get_book          flush / get_book / backpressure wait on `Changes`
+        | Publisher: asset id -> slot (jump hash, cached); append raw bytes under the slot's lock;
+        | wake the slot's writer (inline on the loop; else LoopWaker: one byte on a socket pair)
+        v
+    +------------------------------ the pool's event loop -------------------------------+
+    |  Slot 0 ... Slot N-1: queue, applied count, replies, held/stale books, restart record |
+    |    WorkerProcess (one incarnation of the slot):                                       |
+    |      writer --- Boot / Batch / GetBook / Trim / Rebuild / MarkStale / Stop --> socket ----> worker
+    |      reader <-- Ready / Progress (ack, stats, log tallies) / BookReply ------ socket <---- process
+    |      watcher: pidfd readable -> requeue the in-flight, Supervisor.on_exit                  |
+    |  Supervisor: restart (budget, back-off), rebuild from the SnapshotSource, health loop  |
+    |  MemoryWatch: USS against the cap -> trim, then recycle (standby WorkerProcess) / restart |
+    |  status sampler: system memory, throughput, log tallies; get_status reads slots only  |
+    +---------------------------------------------------------------------------------------+
 
-While a slot recovers, `publish` keeps queueing its frames, up to ``max_pending_messages``; past that the
-queued frames are dropped and the snapshots fetched again, because a snapshot taken later covers them.
+    worker process (pool._worker): Boot -> build the handler -> Ready; then recv Batch -> decode each
+    frame (msgspec) -> apply to its BookStore -> call the handler -> send Progress (ack + stats + tallies)
+
+* publish: the caller's thread routes each frame and queues its raw bytes; a frame whose entries span
+  several slots goes to each of them. A slot with ``max_pending_messages`` frames not applied makes the
+  caller wait (a recovering slot drops its buffer instead and fetches fresh snapshots).
+* reply: a query (`GetBook`) goes down the same ordered channel as the data, so its answer reflects
+  every frame published before it; the reader files the answer in the slot and notifies `Changes`.
+* crash: the watcher sees the exit at once, puts what the process had not acknowledged back at the front
+  of the slot's queue, and `on_exit` marks the slot ``recovering``. The slot's supervising task:
+
+  1. decides whether the exit may be restarted: abnormal exits (crash, kill we did not send, hang) spend a
+     budget of ``max_restarts`` per ``restart_window`` seconds, as OTP supervisors do; past it the slot is
+     ``failed`` and the pool ``degraded``;
+  2. waits a back-off (none for the first restart, then exponential with jitter, capped), so a crash loop
+     costs the parent almost no CPU;
+  3. starts a replacement in the same slot (routing never changes);
+  4. rebuilds: fetches fresh snapshots of every asset the slot held and queues them ahead of everything the
+     dead worker had not applied. The worker installs each snapshot and then skips replayed updates older
+     than it, so each book ends as if nothing had happened. Without a snapshot source, or for assets the
+     source cannot serve, the books are marked stale and ``on_resync`` receives their ids;
+  5. puts the slot back to ``running``.
+
+* recycle: the memory watch starts and handshakes a standby process first (the old one is sent nothing
+  meanwhile), then kills the old one; the restart adopts the standby instead of starting a process.
+* shutdown: ``Stop`` is queued behind the data; workers drain, report and exit; after
+  ``shutdown_timeout`` the rest get SIGTERM, then SIGKILL; every process is reaped, every fd closed.
 """
 
 from __future__ import annotations
@@ -27,21 +53,21 @@ import inspect
 import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from multiprocessing.context import BaseContext
 from typing import Any, TypeAlias
 
 import anyio
 import anyio.abc
 
 from pool._exceptions import BrokenWorkerError, WorkerStartupError
-from pool._parent._events import EventHub
-from pool._parent._handle import WorkerHandle, describe_exit
-from pool._parent._snapshots import SnapshotSource, snapshot_frames
 from pool._wire._protocol import Rebuild
-from pool._worker._loop import HandlerFactory
 from pool.models import ExitReason, MessageError, PoolConfig, PoolEvent, PoolEventKind, WorkerState
 
-__all__ = ["ResyncCallback", "Supervisor"]
+from ._events import EventHub
+from ._process import Launcher, WorkerProcess, describe_exit, explain_exit
+from ._slot import Slot
+from ._snapshots import SnapshotSource, snapshot_frames
+
+__all__ = ["SNAPSHOT_TIMEOUT", "ResyncCallback", "Supervisor"]
 
 ResyncCallback: TypeAlias = Callable[[list[str]], Awaitable[None] | None]
 
@@ -59,23 +85,21 @@ SNAPSHOT_TIMEOUT = 10.0
 
 
 class Supervisor:
-    """Restarts and rebuilds the pool's worker slots; owned by `PersistentWorkerPool`."""
+    """Restarts and rebuilds the pool's slots; owned by the pool's core, runs on its loop."""
 
     def __init__(
         self,
         config: PoolConfig,
-        handles: list[WorkerHandle],
-        context: BaseContext,
-        handler_factory: HandlerFactory | str | None,
+        slots: list[Slot],
+        launcher: Launcher,
         snapshot_source: SnapshotSource | None,
         on_resync: ResyncCallback | None,
         events: EventHub,
         log: Any,
     ) -> None:
         self._config = config
-        self._handles = handles
-        self._context = context
-        self._handler_factory = handler_factory
+        self._slots = slots
+        self._launcher = launcher
         self._source = snapshot_source
         self._on_resync = on_resync
         self._events = events
@@ -85,10 +109,10 @@ class Supervisor:
         self._scope = anyio.CancelScope()
 
     def start(self, task_group: anyio.abc.TaskGroup) -> None:
-        """Serve every started slot and watch over it, in ``task_group``."""
+        """Serve every slot's started process and watch over it, in ``task_group``."""
         self._task_group = task_group
-        for handle in self._handles:
-            handle.serve(task_group)
+        for slot in self._slots:
+            self._serve(slot)
         task_group.start_soon(self._run, name="pool-supervisor")
 
     def stop(self) -> None:
@@ -96,118 +120,141 @@ class Supervisor:
         self.stopping = True
         self._scope.cancel()
 
+    def _serve(self, slot: Slot) -> None:
+        assert self._task_group is not None and slot.process is not None
+        slot.process.serve(self._task_group, slot, lambda process: self._on_exit(slot, process))
+        slot.running()
+
     async def _run(self) -> None:
         with self._scope:
             async with anyio.create_task_group() as tasks:
-                for handle in self._handles:
-                    tasks.start_soon(self._supervise, handle, name=f"pool-supervisor-{handle.worker_id}")
+                for slot in self._slots:
+                    tasks.start_soon(self._supervise, slot, name=f"pool-supervisor-{slot.worker_id}")
                 tasks.start_soon(self._health_loop, name="pool-health")
 
     # ------------------------------------------------------------------------------- restart loop
 
-    async def _supervise(self, handle: WorkerHandle) -> None:
+    def _on_exit(self, slot: Slot, process: WorkerProcess) -> None:
+        """A process of ``slot`` has exited (called by its watcher, before anything else can run)."""
+        stopping = slot.state is WorkerState.STOPPING
+        reason = ExitReason.SHUTDOWN if stopping else process.exit_reason
+        assert reason is not None
+        slot.exit_code = process.exit_code
+        slot.last_exit_reason = reason
+        if stopping:
+            slot.state = WorkerState.STOPPED
+            slot.fail(
+                BrokenWorkerError(
+                    f"worker {slot.worker_id} (pid {process.pid}) was stopped with the pool",
+                    worker_id=slot.worker_id,
+                    pid=process.pid,
+                )
+            )
+        else:
+            slot.recovering()
+        self._emit(
+            slot,
+            PoolEventKind.WORKER_EXITED,
+            pid=process.pid,
+            reason=reason,
+            exit_code=process.exit_code,
+            detail=explain_exit(reason, process.exit_code),
+        )
+
+    async def _supervise(self, slot: Slot) -> None:
         while True:
-            await handle.exited.wait()
-            if self.stopping:
-                return
-            if not await self._restart(handle):
+            assert slot.process is not None
+            await slot.process.exited.wait()
+            if self.stopping or not await self._restart(slot):
                 return
 
-    async def _restart(self, handle: WorkerHandle) -> bool:
+    async def _restart(self, slot: Slot) -> bool:
         """Bring a dead slot back; False when it has been given up (or the pool is stopping)."""
-        reason = handle.last_exit_reason
+        reason = slot.last_exit_reason
         if reason is ExitReason.MEMORY:
             # A memory recycle spends restart budget only when it repeats abnormally fast: within one
             # restart_window of the previous one (a worker that outgrows its cap that quickly is broken).
-            now, previous = time.monotonic(), handle.last_memory_exit
-            handle.last_memory_exit = now
+            now, previous = time.monotonic(), slot.last_memory_exit
+            slot.last_memory_exit = now
             if previous is not None and now - previous < self._config.restart_window:
-                handle.abnormal_exits.append(now)
+                slot.abnormal_exits.append(now)
         while True:
             if reason in _ABNORMAL:
-                handle.abnormal_exits.append(time.monotonic())
-            if not self._within_budget(handle):
-                self._give_up(handle)
+                slot.abnormal_exits.append(time.monotonic())
+            if slot.recent_abnormal_exits(self._config.restart_window) > self._config.max_restarts:
+                self._give_up(slot)
                 return False
-            await anyio.sleep(self._backoff(handle) if reason in _ABNORMAL else 0.0)
+            await anyio.sleep(self._backoff(slot) if reason in _ABNORMAL else 0.0)
             if self.stopping:
                 return False
             begun = time.monotonic()
-            standby, handle.standby = handle.standby, None
+            standby, slot.standby = slot.standby, None
             if standby is not None:
-                handle.adopt(standby)  # a recycle: the replacement is already running
+                slot.process = standby  # a recycle: the replacement is already running
                 break
             try:
-                await handle.spawn(self._context, self._config.worker_count, self._handler_factory)
-                await handle.handshake()
+                slot.process = await self._launcher.start(slot.worker_id)
             except WorkerStartupError as exc:
                 reason = ExitReason.CRASH
-                handle.last_exit_reason = reason
-                self._log.warning("worker_restart_failed", worker_id=handle.worker_id, error=str(exc))
+                slot.last_exit_reason = reason
+                slot.exit_code = exc.exit_code
+                self._log.warning("worker_restart_failed", worker_id=slot.worker_id, error=str(exc))
                 continue
             break
-        handle.restarts += 1
-        handle.last_restart_at = time.time()
-        self._emit(handle, PoolEventKind.WORKER_RESTARTED, reason=reason)
-        await self._rebuild(handle)
-        assert self._task_group is not None
-        handle.serve(self._task_group)
+        slot.restarts += 1
+        slot.last_restart_at = time.time()
+        self._emit(slot, PoolEventKind.WORKER_RESTARTED, reason=reason)
+        await self._rebuild(slot)
+        self._serve(slot)
         self._emit(
-            handle,
+            slot,
             PoolEventKind.WORKER_RECOVERED,
             detail=f"running again {time.monotonic() - begun:.3f} s after the replacement was started",
         )
         return True
 
-    async def recycle(self, handle: WorkerHandle) -> None:
+    async def recycle(self, slot: Slot) -> None:
         """Replace a running worker with no gap: start and handshake the replacement first, then swap.
 
         The old worker is sent nothing more meanwhile (its frames wait in the slot's queue for the
         replacement), so work cannot grow it further while the replacement starts.
         """
-        handle.holding = True
-        standby = WorkerHandle(handle.worker_id, self._config, self._log, self._events.emit)
+        slot.holding = True
         try:
-            await standby.spawn(self._context, self._config.worker_count, self._handler_factory)
-            await standby.handshake()
+            standby = await self._launcher.start(slot.worker_id)
         except WorkerStartupError as exc:
-            self._log.warning("worker_recycle_fell_back_to_restart", worker_id=handle.worker_id, error=str(exc))
+            self._log.warning("worker_recycle_fell_back_to_restart", worker_id=slot.worker_id, error=str(exc))
         else:
-            handle.standby = standby
-            handle.recycling = True
-        exited = handle.exited
-        handle.kill_for(ExitReason.MEMORY)
-        await exited.wait()
+            slot.standby = standby
+            slot.recycling = True
+        process = slot.process
+        assert process is not None
+        process.kill(ExitReason.MEMORY)
+        await process.exited.wait()
 
-    def _within_budget(self, handle: WorkerHandle) -> bool:
-        horizon = time.monotonic() - self._config.restart_window
-        while handle.abnormal_exits and handle.abnormal_exits[0] < horizon:
-            handle.abnormal_exits.popleft()
-        return len(handle.abnormal_exits) <= self._config.max_restarts
-
-    def _backoff(self, handle: WorkerHandle) -> float:
-        streak = len(handle.abnormal_exits)
+    def _backoff(self, slot: Slot) -> float:
+        streak = len(slot.abnormal_exits)
         if streak <= 1:
             return 0.0
         delay: float = min(_BACKOFF_CAP, _BACKOFF_BASE * 2 ** (streak - 2)) * random.uniform(0.5, 1.0)
         return delay
 
-    def _give_up(self, handle: WorkerHandle) -> None:
-        handle.state = WorkerState.FAILED
-        handle.exited.set()  # no process is left in the slot (a failed replacement was reaped)
+    def _give_up(self, slot: Slot) -> None:
+        slot.state = WorkerState.FAILED
         detail = (
             f"more than max_restarts={self._config.max_restarts} abnormal exits within "
-            f"restart_window={self._config.restart_window:g} s; last: {describe_exit(handle.exit_code)}"
+            f"restart_window={self._config.restart_window:g} s; last: {describe_exit(slot.exit_code)}"
         )
-        handle.fail(
+        pid = slot.process.pid if slot.process is not None else None
+        slot.fail(
             BrokenWorkerError(
-                f"worker {handle.worker_id} failed: {detail}. Its books are unavailable until the pool is "
+                f"worker {slot.worker_id} failed: {detail}. Its books are unavailable until the pool is "
                 "restarted; check the worker's stderr for the cause",
-                worker_id=handle.worker_id,
-                pid=handle.pid,
+                worker_id=slot.worker_id,
+                pid=pid,
             )
         )
-        self._emit(handle, PoolEventKind.WORKER_FAILED, reason=handle.last_exit_reason, detail=detail)
+        self._emit(slot, PoolEventKind.WORKER_FAILED, reason=slot.last_exit_reason, detail=detail)
 
     # -------------------------------------------------------------------------------- hang check
 
@@ -218,43 +265,43 @@ class Supervisor:
         while True:
             await anyio.sleep(period)
             now = time.monotonic()
-            for handle in self._handles:
-                silent = now - handle.last_heard
-                if handle.state is WorkerState.RUNNING and silent > timeout:
+            for slot in self._slots:
+                process = slot.process
+                if slot.state is not WorkerState.RUNNING or process is None:
+                    continue
+                silent = now - process.last_heard
+                if silent > timeout:
                     self._emit(
-                        handle,
+                        slot,
                         PoolEventKind.WORKER_HUNG,
                         detail=f"silent for {silent:.1f} s (heartbeat_timeout={timeout:g} s); killing it",
                     )
-                    handle.kill_for(ExitReason.HANG)
+                    process.kill(ExitReason.HANG)
 
     # ------------------------------------------------------------------------------------ rebuild
 
-    async def _rebuild(self, handle: WorkerHandle) -> None:
+    async def _rebuild(self, slot: Slot) -> None:
         """Queue the slot's recovery snapshots ahead of everything else for the replacement."""
-        assets = sorted(handle.assets)
+        assets = slot.begin_rebuild()
         if not assets:
             return
-        handle.stale.update(assets)
-        self._emit(handle, PoolEventKind.BOOK_STALE, asset_ids=assets, detail="rebuilding from snapshots")
-        frames = await self._fetch(handle, assets) if self._source is not None else {}
+        self._emit(slot, PoolEventKind.BOOK_STALE, asset_ids=assets, detail="rebuilding from snapshots")
+        frames = await self._fetch(slot, assets) if self._source is not None else {}
         missing = [asset_id for asset_id in assets if asset_id not in frames]
+        live, marked = slot.end_rebuild(frames)
         # A book a feed marked stale stays stale when rebuilt: the feed may have missed updates since.
-        marked = sorted(handle.marked_stale.intersection(frames))
-        handle.enqueue_first(Rebuild(books=list(frames.values()), stale=missing + marked))
-        live = sorted(frames.keys() - handle.marked_stale)
-        handle.stale.difference_update(live)
+        slot.enqueue_first(Rebuild(books=list(frames.values()), stale=missing + marked))
         if live:
-            self._emit(handle, PoolEventKind.BOOK_LIVE, asset_ids=live, detail="rebuilt from snapshots")
+            self._emit(slot, PoolEventKind.BOOK_LIVE, asset_ids=live, detail="rebuilt from snapshots")
         if missing:
-            self._resync(handle, missing)
+            self._resync(slot, missing)
 
-    async def _fetch(self, handle: WorkerHandle, assets: Sequence[str]) -> dict[str, bytes]:
+    async def _fetch(self, slot: Slot, assets: Sequence[str]) -> dict[str, bytes]:
         """Fetch snapshots until one attempt succeeds after the last overflow of the slot's buffer."""
         assert self._source is not None
         attempt = 0
         while not self.stopping:
-            handle.refetch = False
+            slot.refetch = False
             try:
                 with anyio.fail_after(SNAPSHOT_TIMEOUT):
                     snapshots = await self._source.fetch(list(assets))
@@ -264,19 +311,19 @@ class Supervisor:
                 delay = min(_BACKOFF_CAP, _BACKOFF_BASE * 2**attempt) * random.uniform(0.5, 1.0)
                 self._log.warning(
                     "snapshot_fetch_failed",
-                    worker_id=handle.worker_id,
+                    worker_id=slot.worker_id,
                     attempt=attempt,
                     retry_in=round(delay, 3),
                     error=repr(exc) if not isinstance(exc, MessageError) else str(exc),
                 )
                 await anyio.sleep(delay)
                 continue
-            if not handle.refetch:
+            if not slot.refetch:
                 return frames
         return {}
 
-    def _resync(self, handle: WorkerHandle, asset_ids: list[str]) -> None:
-        self._emit(handle, PoolEventKind.BOOK_STALE, asset_ids=asset_ids, detail="no snapshot; waiting for a `book`")
+    def _resync(self, slot: Slot, asset_ids: list[str]) -> None:
+        self._emit(slot, PoolEventKind.BOOK_STALE, asset_ids=asset_ids, detail="no snapshot; waiting for a `book`")
         if self._on_resync is None:
             return
         try:
@@ -285,7 +332,7 @@ class Supervisor:
                 assert self._task_group is not None
                 self._task_group.start_soon(self._await_resync, result)
         except Exception:
-            self._log.exception("on_resync_failed", worker_id=handle.worker_id)
+            self._log.exception("on_resync_failed", worker_id=slot.worker_id)
 
     async def _await_resync(self, result: Awaitable[None]) -> None:
         try:
@@ -293,5 +340,7 @@ class Supervisor:
         except Exception:
             self._log.exception("on_resync_failed")
 
-    def _emit(self, handle: WorkerHandle, kind: PoolEventKind, **fields: Any) -> None:
-        self._events.emit(PoolEvent(kind=kind, worker_id=handle.worker_id, pid=handle.pid, **fields))
+    def _emit(self, slot: Slot, kind: PoolEventKind, **fields: Any) -> None:
+        if "pid" not in fields:
+            fields["pid"] = slot.process.pid if slot.process is not None else None
+        self._events.emit(PoolEvent(kind=kind, worker_id=slot.worker_id, **fields))

@@ -34,12 +34,12 @@ import anyio
 import msgspec
 import structlog
 
-from pool._exceptions import BrokenWorkerError, PoolError
-from pool._parent._pool import PersistentWorkerPool
-from pool._service._config_sources import ENV_PREFIX, ConfigError, load_config
-from pool._service._logging import configure_structlog
-from pool._service._synthetic import SyntheticMarket
+from pool import BrokenWorkerError, PersistentWorkerPool, PoolError
 from pool.models import PoolConfig, PoolStatus, WorkerState, WorkerStats
+
+from ._config_sources import ENV_PREFIX, ConfigError, load_config
+from ._logging import configure_structlog
+from ._synthetic import SyntheticMarket
 
 __all__ = ["EXIT_FAILURE", "EXIT_OK", "EXIT_USAGE", "main"]
 
@@ -363,7 +363,7 @@ def _metrics_server(
     if args.metrics_port is None:
         yield None
         return
-    from pool._service._metrics import MetricsServer  # the `metrics` extra is needed only here
+    from ._metrics import MetricsServer  # the `metrics` extra is needed only here
 
     def read() -> tuple[PoolStatus, dict[int, WorkerStats]]:
         # On the server's thread: the pool is read on its own event loop, never halfway through a change.
@@ -388,7 +388,7 @@ def _reporter(args: argparse.Namespace, pool: PersistentWorkerPool, live: bool) 
         return
     from rich.live import Live
 
-    from pool._service._live_view import LiveView
+    from ._live_view import LiveView
 
     view = LiveView()
     remove_listener = pool.add_listener(view.note)

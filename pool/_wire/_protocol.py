@@ -18,9 +18,11 @@ from pool.models import BookView, WorkerStats
 __all__ = [
     "Batch",
     "BookReply",
+    "Boot",
     "Fatal",
     "FromWorker",
     "GetBook",
+    "LogTally",
     "MarkStale",
     "Progress",
     "Ready",
@@ -35,6 +37,23 @@ __all__ = [
 
 _HEADER = struct.Struct("!i")
 HEADER_SIZE = _HEADER.size
+
+
+class Boot(msgspec.Struct, tag=True, array_like=True):
+    """The first message to a new worker: who it is and how to build its handler.
+
+    ``factory`` is the user's handler factory pickled with cloudpickle (by value when it was defined in
+    ``__main__``, a notebook or ``python -c``; by reference to its module otherwise), or ``None`` for no
+    handler; ``factory_takes_worker_id`` says whether to call it with the worker id. ``sys_path`` is the
+    parent's, so a factory pickled by reference imports in the worker exactly as it did in the parent.
+    """
+
+    worker_id: int
+    worker_count: int
+    heartbeat_interval: float
+    factory: bytes | None
+    factory_takes_worker_id: bool
+    sys_path: list[str]
 
 
 class Batch(msgspec.Struct, tag=True, array_like=True):
@@ -75,7 +94,7 @@ class Stop(msgspec.Struct, tag=True, array_like=True):
     """Finish what was sent before, report final stats, and exit 0."""
 
 
-ToWorker = Batch | GetBook | Trim | Rebuild | MarkStale | Stop
+ToWorker = Boot | Batch | GetBook | Trim | Rebuild | MarkStale | Stop
 
 
 class Ready(msgspec.Struct, tag=True, array_like=True):
@@ -84,10 +103,26 @@ class Ready(msgspec.Struct, tag=True, array_like=True):
     pid: int
 
 
+class LogTally(msgspec.Struct, array_like=True):
+    """``count`` occurrences of one log event since the last tally, with the fields of the first of them.
+
+    Workers never write log lines themselves: they tally, and the parent logs each tally once, under its
+    own logger names, so a worker's lines obey the application's logging configuration and one bad frame
+    a microsecond never becomes a million lines.
+    """
+
+    event: str
+    level: str
+    count: int
+    example: dict[str, str | int | float | None]
+
+
 class Progress(msgspec.Struct, tag=True, array_like=True):
-    """Stats after a batch (an acknowledgement) or after a quiet heartbeat interval (a heartbeat)."""
+    """Stats after a batch (an acknowledgement) or after a quiet heartbeat interval (a heartbeat), with the
+    log tallies that came due since the last one."""
 
     stats: WorkerStats
+    logs: list[LogTally] = []
 
 
 class BookReply(msgspec.Struct, tag=True, array_like=True):
@@ -104,8 +139,11 @@ class Trimmed(msgspec.Struct, tag=True, array_like=True):
 
 
 class Fatal(msgspec.Struct, tag=True, array_like=True):
-    """The worker cannot go on (its handler factory failed); ``error`` is the formatted traceback."""
+    """The worker could not start: ``stage`` says what failed (``"load"`` the factory's unpickling, ``"build"``
+    the call that makes the handler), ``summary`` is the exception's last line, ``error`` the traceback."""
 
+    stage: str
+    summary: str
     error: str
 
 

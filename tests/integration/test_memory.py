@@ -97,7 +97,7 @@ class TestPolicies:
             assert [(i.worker_id, i.pid) for i in rising_08] == [(0, first_pid)]
             assert above_110 == []
             assert pool.get_status().workers[1].restarts == 0
-            assert pool._memory_watch is not None and (0, policy) in pool._memory_watch.actions
+            assert pool._core.memory_watch is not None and (0, policy) in pool._core.memory_watch.actions
             assert [e.worker_id for e in breaches] == [0] and f"action: {policy}" in breaches[0].detail
             assert_exact(pool, market, source)
         finally:
@@ -111,7 +111,7 @@ class TestPolicies:
         try:
             start(pool, market, source)
             pid = pool.get_status().workers[0].pid
-            watch = pool._memory_watch
+            watch = pool._core.memory_watch
             assert watch is not None
             grow_until(pool, market, source, lambda: (0, "reported") in watch.actions)
             status = pool.get_status().workers[0]
@@ -130,7 +130,7 @@ class TestPolicies:
             status = pool.get_status()
             assert status.memory.pressure
             grow_until(pool, market, source, lambda: pool.get_status().workers[0].restarts >= 1)
-            watch = pool._memory_watch
+            watch = pool._core.memory_watch
             assert watch is not None and (0, "restart") in watch.actions and (0, "recycle") not in watch.actions
             wait_for(lambda: pool.get_status().workers[0].status is WorkerState.RUNNING, what="worker 0 running")
             assert_exact(pool, market, source)

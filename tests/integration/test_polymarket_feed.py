@@ -9,6 +9,7 @@ import pytest
 
 from pool import BrokenWorkerError, PersistentWorkerPool, PoolConfig
 from pool._service._synthetic import SyntheticMarket
+from pool._wire._routing import slot_for
 from pool.feeds import PolymarketFeed, PolymarketRestSource
 from pool.models import PoolEvent, PoolEventKind, WorkerState
 from tests.integration.clob_server import ClobServer
@@ -197,8 +198,8 @@ async def test_a_worker_given_up_costs_only_its_own_books(anyio_backend: str) ->
             await until(lambda: server.finished.is_set() and feed.stats.frames >= server.sent, what="every frame")
             assert feed.stats.connected and feed.stats.reconnects == 0 and feed.stats.undelivered > 0
             assert pool.get_status().feeds["polymarket"].undelivered == feed.stats.undelivered
-            lost = [a for a in market.asset_ids if pool._route[a] == 0]
-            kept = [a for a in market.asset_ids if pool._route[a] == 1]
+            lost = [a for a in market.asset_ids if slot_for(a, pool.config.worker_count) == 0]
+            kept = [a for a in market.asset_ids if slot_for(a, pool.config.worker_count) == 1]
             assert pool.get_status().workers[0].stale_books == len(lost)
             for asset_id in kept:
                 view = await pool.get_book(asset_id)

@@ -29,6 +29,7 @@ from pool import (
     WorkerStartupError,
 )
 from pool._service._synthetic import SyntheticMarket
+from pool._wire._routing import slot_for
 from pool.models import BookView, ExitReason, FeedStatus, PoolState, WorkerState
 from tests.integration import handlers
 from tests.support import ReferenceBooks, as_decimals, child_pids, wait_for
@@ -224,8 +225,10 @@ class TestHandlers:
         assert sum(s.errors for s in stats.values()) == 0
 
     def test_unpicklable_factory_is_refused_before_start(self) -> None:
-        with pytest.raises(TypeError, match="cannot be pickled"):
-            PersistentWorkerPool(config(), handler_factory=lambda worker_id: None)
+        """A factory that captures a live resource cannot travel to a worker: refused at construction."""
+        lock = threading.Lock()
+        with pytest.raises(TypeError, match=r"cannot be pickled.*must not capture locks"):
+            PersistentWorkerPool(config(), handler_factory=lambda worker_id: lock)
 
     def test_bad_import_path_is_refused_before_start(self) -> None:
         with pytest.raises(ValueError, match="package\\.module:factory"):
@@ -418,8 +421,8 @@ class TestFailures:
             assert status.pool_status is PoolState.DEGRADED and status.workers[0].exit_code == -signal.SIGKILL
             assert status.workers[0].last_exit_reason is ExitReason.KILLED
             assert not pool.is_healthy() and pool.get_alive_count() == 1
-            owned_by_0 = next(a for a in market.asset_ids if pool._route[a] == 0)
-            owned_by_1 = next(a for a in market.asset_ids if pool._route[a] == 1)
+            owned_by_0 = next(a for a in market.asset_ids if slot_for(a, pool.config.worker_count) == 0)
+            owned_by_1 = next(a for a in market.asset_ids if slot_for(a, pool.config.worker_count) == 1)
             with pytest.raises(BrokenWorkerError, match="killed by SIGKILL"):
                 pool.get_book(owned_by_0)
             assert pool.get_book(owned_by_1).bids

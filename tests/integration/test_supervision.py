@@ -15,6 +15,7 @@ import pytest
 
 from pool import BrokenWorkerError, PersistentWorkerPool, PoolConfig
 from pool._service._synthetic import SyntheticMarket
+from pool._wire._routing import slot_for
 from pool.models import ExitReason, PoolEvent, PoolEventKind, PoolState, WorkerState
 from tests.integration import handlers
 from tests.support import ReferenceBooks, ReferenceSource, as_decimals, wait_for
@@ -53,8 +54,14 @@ def running(pool: PersistentWorkerPool, worker_id: int) -> bool:
     return pool.get_status().workers[worker_id].status is WorkerState.RUNNING
 
 
+def noticed(pool: PersistentWorkerPool, worker_id: int, pid: int) -> bool:
+    """True once the pool has seen process ``pid`` of ``worker_id`` exit (it is replaced or recovering)."""
+    worker = pool.get_status().workers[worker_id]
+    return worker.pid != pid or worker.status is not WorkerState.RUNNING
+
+
 def owned_by(pool: PersistentWorkerPool, asset_ids: list[str], worker_id: int) -> list[str]:
-    return [a for a in asset_ids if pool._route[a] == worker_id]
+    return [a for a in asset_ids if slot_for(a, pool.config.worker_count) == worker_id]
 
 
 class TestRestartAndRebuild:
@@ -80,6 +87,9 @@ class TestRestartAndRebuild:
                     assert victim.pid is not None
                     os.kill(victim.pid, signal.SIGKILL)
                     kills += 1
+                    # publish returns without a round trip to the loop: wait until the pool has seen this exit,
+                    # so the next kill cannot pick the same, already dead, process.
+                    wait_for(functools.partial(noticed, pool, victim.worker_id, victim.pid), what="the kill noticed")
             pool.flush(timeout=60)
             wait_for(lambda: all(running(pool, w) for w in range(4)), timeout=30, what="every worker running")
             assert_exact(pool, reference, market.asset_ids)
@@ -253,7 +263,7 @@ class TestListeners:
             os.kill(pid, signal.SIGKILL)
             wait_for(lambda: any(e.kind is PoolEventKind.WORKER_RECOVERED for e in seen), what="recovered event")
             remove_broken()
-            assert pool._events.listener_errors >= 5
+            assert pool._core.events.listener_errors >= 5
             kinds = [e.kind for e in seen if e.worker_id == 1]
             assert kinds == [
                 PoolEventKind.WORKER_EXITED,

@@ -28,6 +28,7 @@ import psutil
 
 from pool import PersistentWorkerPool, PoolConfig
 from pool._service._synthetic import SyntheticMarket
+from pool._wire._protocol import Trim
 
 _MB = 1024 * 1024
 _LEVELS_PER_SIDE = 99  # a window wider than the grid: every tick but the mid, 98 levels a book
@@ -78,18 +79,32 @@ def measure_baseline(snapshots: list[bytes]) -> float:
     return (full - empty) / _MB
 
 
+def _trim_worker(pool: PersistentWorkerPool) -> None:
+    """Have worker 0 give memory back (as the memory watch does before it acts), and wait until it has."""
+    core = pool._core
+    slot = core.slots[0]
+
+    async def trim() -> None:
+        reply = slot.request(Trim)
+        slot.wake()
+        assert core.changes is not None
+        await core.changes.wait_async(lambda: reply.done, None)
+
+    assert pool._thread is not None
+    pool._thread.call(trim)
+
+
 def measure_pool(snapshots: list[bytes]) -> tuple[float, float, float, int]:
     """(MB above empty, USS sample seconds, RSS sample seconds, levels per book)."""
     with PersistentWorkerPool(PoolConfig(worker_count=1, heartbeat_interval=1.0)) as pool:
-        handle = pool._handles[0]
-        pid = handle.pid
+        pid = pool.get_status().workers[0].pid
         assert pid is not None
-        pool._call(handle.trim)
+        _trim_worker(pool)
         empty = _uss(pid)
         pool.publish(snapshots)
         pool.flush()
         view = pool.get_book(msgspec.json.decode(snapshots[0])["asset_id"])
-        pool._call(handle.trim)
+        _trim_worker(pool)
         full = _uss(pid)
         process = psutil.Process(pid)
         began = time.perf_counter()

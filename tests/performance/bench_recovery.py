@@ -23,6 +23,7 @@ import time
 
 from pool import PersistentWorkerPool, PoolConfig
 from pool._service._synthetic import SyntheticMarket
+from pool._wire._routing import slot_for
 from pool.models import PoolEvent, PoolEventKind
 
 
@@ -48,7 +49,7 @@ def measure_recovery(books: int, kills: int) -> tuple[list[float], list[float], 
         pool.publish(market.snapshots())
         pool.publish(list(market.updates(20_000)))
         pool.flush()
-        owned = [a for a in market.asset_ids if pool._route[a] == 0]
+        owned = [a for a in market.asset_ids if slot_for(a, pool.config.worker_count) == 0]
         for _ in range(kills):
             pid = pool.get_status().workers[0].pid
             assert pid is not None

@@ -1,0 +1,451 @@
+"""One worker process (an *incarnation* of a slot): start, handshake, serve its channel, watch it, end it.
+
+`Launcher.start` starts the process through the pool's own entry point (`pool._worker.main`, never the
+user's ``__main__``) with one end of a socket pair, sends it `Boot`, and waits for its ready handshake
+under ``worker_startup_timeout``. Once the process serves its slot, three tasks run for it, in a task
+group of its own:
+
+* the writer takes items off the slot's queue, moves them to this process's *in-flight* list, and sends
+  them, in order, so a query sees every frame published before it;
+* the reader takes acknowledgements, heartbeats, replies and log tallies, and trims the in-flight list;
+* the watcher waits for the process to exit (a pidfd, so an exit of any kind is seen at once, not on a
+  poll), classifies the exit, hands what was in flight back to the slot, and ends the incarnation.
+
+A recycle's standby is simply a second `WorkerProcess` started for the same slot.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, cast
+
+import anyio
+import anyio.abc
+import msgspec
+from anyio.abc import SocketStream
+from anyio.streams.buffered import BufferedByteReceiveStream
+
+import pool._worker
+from pool._exceptions import RemoteTraceback, WorkerStartupError
+from pool._wire._protocol import (
+    HEADER_SIZE,
+    Batch,
+    BookReply,
+    Boot,
+    Fatal,
+    FromWorker,
+    GetBook,
+    LogTally,
+    Progress,
+    Ready,
+    ToWorker,
+    Trim,
+    Trimmed,
+    frame_header,
+    unpack_header,
+)
+from pool.models import ExitReason, PoolConfig, PoolEvent, PoolEventKind, WorkerStats
+
+from ._factories import PreparedFactory
+from ._slot import QueueItem, Slot
+
+__all__ = ["TERMINATE_GRACE", "Launcher", "WorkerProcess", "describe_exit", "explain_exit"]
+
+# Frames per pipe message. Larger batches amortise the per-message cost (encode, syscall, ack); smaller
+# ones let the worker start sooner and keep latency low. Under load the writer sends whatever has queued
+# while it was busy, so this bound matters only for big bursts; 1024 frames of ~400 bytes is ~400 KB.
+_MAX_BATCH_FRAMES = 1024
+
+# How long a worker may take to die after SIGTERM before it gets SIGKILL. Short: by then it has already
+# ignored a graceful Stop for the whole shutdown_timeout.
+TERMINATE_GRACE = 0.5
+
+# The directory our `pool` package is imported from: put first on the worker's path for its first import,
+# so a user's own `pool.py` in the working directory cannot stand in for it.
+_IMPORT_ROOT = str(Path(pool._worker.__file__).resolve().parents[2])
+_ENTRY = pool._worker.main
+
+
+@dataclass(eq=False)
+class _Sent:
+    """A message sent to this process: done once ``end_seq`` frames are applied (a Batch) or once its
+    reply has arrived (a request)."""
+
+    message: ToWorker
+    end_seq: int = 0
+
+
+class Launcher:
+    """Starts the pool's worker processes; the one place that knows the command line and the `Boot`."""
+
+    def __init__(
+        self, config: PoolConfig, factory: PreparedFactory | None, log: Any, emit: Callable[[PoolEvent], None]
+    ) -> None:
+        self._config = config
+        self._factory = factory
+        self._log = log
+        self._emit = emit
+        self.live: set[WorkerProcess] = set()  # started and not yet reaped: the pool reaps these at its end
+        code = (
+            f"import sys; sys.path.insert(0, {_IMPORT_ROOT!r}); "
+            f"from {_ENTRY.__module__} import {_ENTRY.__name__}; {_ENTRY.__name__}()"
+        )
+        # The parent's interpreter flags (-X, -W, -O...), as multiprocessing passes them to its children.
+        self._command = [sys.executable, *subprocess._args_from_interpreter_flags(), "-c", code]  # type: ignore[attr-defined]
+
+    def spawn(self, worker_id: int) -> WorkerProcess:
+        """Start a worker process for slot ``worker_id``; it then boots on its own (`WorkerProcess.handshake`).
+
+        Runs on the loop's thread on purpose, although the fork blocks for a few ms: Linux sends the
+        parent-death signal (PR_SET_PDEATHSIG) when the *thread* that forked the child exits, so a child
+        started from a pooled thread (anyio.to_thread) would be SIGKILLed whenever that thread retired.
+        """
+        parent_sock, child_sock = socket.socketpair()
+        try:
+            popen = subprocess.Popen(
+                [*self._command, str(child_sock.fileno()), str(os.getpid())],
+                stdin=subprocess.DEVNULL,  # a worker never reads the terminal
+                pass_fds=(child_sock.fileno(),),
+            )
+        except BaseException:
+            parent_sock.close()
+            raise
+        finally:
+            child_sock.close()  # the child has its own copy; ours would hide the child's exit from the reader
+        boot = Boot(
+            worker_id=worker_id,
+            worker_count=self._config.worker_count,
+            heartbeat_interval=self._config.heartbeat_interval,
+            factory=self._factory.pickled if self._factory else None,
+            factory_takes_worker_id=self._factory.takes_worker_id if self._factory else False,
+            sys_path=list(sys.path),
+        )
+        process = WorkerProcess(worker_id, popen, parent_sock, boot, self._config, self._log, self._emit)
+        process.on_reaped = self.live.discard
+        self.live.add(process)
+        return process
+
+    async def start(self, worker_id: int) -> WorkerProcess:
+        """`spawn` and `WorkerProcess.handshake`: a process that is ready for frames.
+
+        Raises:
+            WorkerStartupError: it did not become ready; it has been killed and reaped.
+        """
+        process = self.spawn(worker_id)
+        await process.handshake()
+        return process
+
+
+class WorkerProcess:
+    """One incarnation of a slot's worker. Every method runs on the pool's loop."""
+
+    def __init__(
+        self,
+        worker_id: int,
+        popen: subprocess.Popen[bytes],
+        sock: socket.socket,
+        boot: Boot,
+        config: PoolConfig,
+        log: Any,
+        emit: Callable[[PoolEvent], None],
+    ) -> None:
+        self.worker_id = worker_id
+        self.pid = popen.pid
+        self._popen = popen
+        self._sock: socket.socket | None = sock
+        self._boot: Boot | None = boot
+        self._config = config
+        self._log = log.bind(worker_id=worker_id, pid=popen.pid)
+        self._emit = emit
+        self._encoder = msgspec.msgpack.Encoder()
+        self._decoder: msgspec.msgpack.Decoder[FromWorker] = msgspec.msgpack.Decoder(FromWorker)
+        self._stream: SocketStream | None = None
+        self._receiver: BufferedByteReceiveStream | None = None
+        self.stats: WorkerStats | None = None
+        self.last_heard = time.monotonic()
+        self.exited = anyio.Event()
+        self.exit_code: int | None = None
+        self.exit_reason: ExitReason | None = None
+        self.acked = 0  # frames this process has applied
+        self._sent_seq = 0  # frames sent to this process
+        self._inflight: deque[_Sent] = deque()
+        self._kill_reason: ExitReason | None = None
+        self._scope: anyio.CancelScope | None = None
+        # Set when the process is gone. Cancellation reaches a task only at its next checkpoint, so the
+        # writer and reader may still run a step; they check this and stop instead of taking requeued items
+        # or applying a stale acknowledgement to the slot.
+        self._ended = False
+        self.on_reaped: Callable[[WorkerProcess], None] = lambda process: None
+
+    # ------------------------------------------------------------------------------------- start
+
+    async def handshake(self) -> None:
+        """Send `Boot` and wait for the worker's ready message.
+
+        Raises:
+            WorkerStartupError: the worker exited, reported an error, or stayed silent for
+                ``worker_startup_timeout``; the process is killed and reaped before this is raised.
+        """
+        assert self._sock is not None and self._boot is not None
+        self._stream = await SocketStream.from_socket(self._sock)
+        self._sock = None
+        self._receiver = BufferedByteReceiveStream(self._stream)
+        try:
+            with anyio.fail_after(self._config.worker_startup_timeout):
+                await self._send(self._boot)
+                message = await self._receive()
+        except TimeoutError:
+            await self.kill_and_reap()
+            raise self._startup_error(
+                f"sent no ready handshake within {self._config.worker_startup_timeout:g} s "
+                "(worker_startup_timeout); it was killed"
+            ) from None
+        except (anyio.EndOfStream, anyio.IncompleteRead, anyio.BrokenResourceError):
+            await self.kill_and_reap()
+            raise self._startup_error(
+                f"exited during start-up ({describe_exit(self.exit_code)}); its stderr says why"
+            ) from None
+        finally:
+            self._boot = None
+        if isinstance(message, Fatal):
+            await self.kill_and_reap()
+            raise self._startup_error(_explain_fatal(message)) from RemoteTraceback(message.error)
+        self.last_heard = time.monotonic()
+        self._emit(PoolEvent(kind=PoolEventKind.WORKER_STARTED, worker_id=self.worker_id, pid=self.pid))
+
+    def _startup_error(self, what: str) -> WorkerStartupError:
+        return WorkerStartupError(
+            f"worker {self.worker_id} (pid {self.pid}) {what}",
+            worker_id=self.worker_id,
+            pid=self.pid,
+            exit_code=self.exit_code,
+        )
+
+    # ------------------------------------------------------------------------------------- serve
+
+    def serve(self, task_group: anyio.abc.TaskGroup, slot: Slot, on_exit: Callable[[WorkerProcess], None]) -> None:
+        """Run this process's writer, reader and watcher for ``slot`` until it exits.
+
+        ``on_exit(self)`` runs when it has exited, after what was in flight went back to the slot and before
+        ``exited`` is set, with no await in between: nobody sees the slot half-way.
+        """
+        self.last_heard = time.monotonic()  # a snapshot fetch may have taken longer than heartbeat_timeout
+        task_group.start_soon(self._serve, slot, on_exit, name=f"pool-worker-{self.worker_id}")
+
+    async def _serve(self, slot: Slot, on_exit: Callable[[WorkerProcess], None]) -> None:
+        async with anyio.create_task_group() as tasks:
+            self._scope = tasks.cancel_scope
+            tasks.start_soon(self._write_loop, slot)
+            tasks.start_soon(self._read_loop, slot)
+            tasks.start_soon(self._watch, slot, on_exit)
+
+    async def _write_loop(self, slot: Slot) -> None:
+        stream = self._stream
+        assert stream is not None
+        try:
+            while True:
+                await slot.wait_for_work()
+                while not self._ended and (item := slot.take()) is not None:
+                    frames, control = item
+                    # Everything taken off the queue is in flight before the first await: if the process dies
+                    # mid-way, the watcher requeues all of it, sent or not, and nothing falls in between.
+                    outgoing = []
+                    for start in range(0, len(frames), _MAX_BATCH_FRAMES):
+                        chunk = frames[start : start + _MAX_BATCH_FRAMES]
+                        self._sent_seq += len(chunk)
+                        outgoing.append(_Sent(Batch(chunk), self._sent_seq))
+                    if control is not None:
+                        outgoing.append(_Sent(control))
+                    self._inflight.extend(outgoing)
+                    for sent in outgoing:
+                        await self._send(sent.message)
+                if self._ended:
+                    return
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            return  # the worker is gone; the watcher reports it
+
+    async def _send(self, message: ToWorker) -> None:
+        assert self._stream is not None
+        buffer = bytearray(HEADER_SIZE)
+        self._encoder.encode_into(message, buffer, HEADER_SIZE)
+        buffer[:HEADER_SIZE] = frame_header(len(buffer) - HEADER_SIZE)
+        # Both backends accept any bytes-like object; the cast saves a copy of a batch of ~400 KB.
+        await self._stream.send(cast(bytes, buffer))
+
+    async def _receive(self) -> FromWorker:
+        assert self._receiver is not None
+        size = unpack_header(await self._receiver.receive_exactly(HEADER_SIZE))
+        return self._decoder.decode(await self._receiver.receive_exactly(size))
+
+    async def _read_loop(self, slot: Slot) -> None:
+        try:
+            while True:
+                message = await self._receive()
+                if self._ended:
+                    return
+                self.last_heard = time.monotonic()
+                match message:
+                    case Progress(stats, logs):
+                        self.stats = stats
+                        self.acked = stats.applied_seq
+                        self._trim_inflight(slot)
+                        slot.progressed(self.acked)
+                        if logs:
+                            self._log_tallies(logs)
+                    case BookReply(request_id, book):
+                        slot.answer(request_id, book)
+                        self._trim_inflight(slot)
+                    case Trimmed(request_id):
+                        slot.answer(request_id, None)
+                        self._trim_inflight(slot)
+                    case Ready() | Fatal():
+                        self._log.warning("worker_unexpected_message", message=type(message).__name__)
+        except (anyio.EndOfStream, anyio.IncompleteRead, anyio.BrokenResourceError, anyio.ClosedResourceError):
+            return  # the worker is gone; the watcher reports it
+
+    def _log_tallies(self, logs: list[LogTally]) -> None:
+        for entry in logs:
+            getattr(self._log, entry.level)(entry.event, count=entry.count, **entry.example)
+
+    def _trim_inflight(self, slot: Slot) -> None:
+        inflight = self._inflight
+        while inflight:
+            head = inflight[0]
+            if isinstance(head.message, GetBook | Trim):
+                if slot.is_waiting_for(head.message.request_id):
+                    return
+            elif isinstance(head.message, Batch) and head.end_seq > self.acked:
+                return
+            inflight.popleft()
+
+    # ------------------------------------------------------------------------------------ the end
+
+    async def _watch(self, slot: Slot, on_exit: Callable[[WorkerProcess], None]) -> None:
+        await self._wait_exit()
+        # End the writer and reader before touching the slot: from here on nothing awaits unshielded, so
+        # neither can run again, and the writer cannot take requeued items to a dead socket.
+        assert self._scope is not None
+        self._scope.cancel()
+        self._ended = True
+        self.exit_reason = self._kill_reason or _classify(self.exit_code)
+        slot.requeue(self._unfinished(), self.acked)
+        on_exit(self)
+        with anyio.CancelScope(shield=True):
+            await self.close()
+        self.exited.set()
+
+    async def _wait_exit(self) -> None:
+        """Return once the process has exited and been reaped (``exit_code`` set)."""
+        try:
+            pidfd = os.pidfd_open(self.pid)
+        except (AttributeError, OSError):  # not Linux 5.3+: a thread waits instead
+            await anyio.to_thread.run_sync(self._popen.wait, abandon_on_cancel=True)
+        else:
+            try:
+                await anyio.wait_readable(pidfd)
+            finally:
+                os.close(pidfd)
+        self.exit_code = self._popen.wait()
+        self.on_reaped(self)
+
+    def _unfinished(self) -> list[QueueItem]:
+        """What this process had been sent and had not finished, in order, as queue items."""
+        items: list[QueueItem] = []
+        for sent in self._inflight:
+            match sent.message:
+                case Batch(frames):
+                    if items and items[-1][1] is None:
+                        items[-1][0].extend(frames)
+                    else:
+                        items.append((list(frames), None))
+                case GetBook() | Trim():
+                    items.append(([], sent.message))
+                case _:
+                    # A Rebuild: the next recovery fetches a fresh one; an old one would undo newer frames.
+                    # A MarkStale: the next Rebuild carries the marks.
+                    pass
+        self._inflight.clear()
+        return items
+
+    def kill(self, reason: ExitReason) -> None:
+        """SIGKILL the process; the watcher records the exit with ``reason`` (hang, operator, memory...)."""
+        if self._popen.returncode is None:
+            self._kill_reason = self._kill_reason or reason
+            self._popen.kill()
+
+    def stop_gracefully(self) -> None:
+        """The pool is stopping: an exit from now on is a shutdown, whatever its code."""
+        self._kill_reason = ExitReason.SHUTDOWN
+
+    def terminate(self) -> None:
+        """Send SIGTERM (the pool sends SIGKILL after `TERMINATE_GRACE` if the worker ignores it)."""
+        if self._popen.returncode is None:
+            self._log.warning("worker_terminating")
+            self._kill_reason = ExitReason.SHUTDOWN
+            self._popen.terminate()
+
+    async def kill_and_reap(self) -> None:
+        """SIGKILL and reap (when a start fails, after a refused SIGTERM, and when the pool ends)."""
+        if self._popen.returncode is None:
+            self._kill_reason = self._kill_reason or ExitReason.SHUTDOWN
+            self._popen.kill()
+            await anyio.to_thread.run_sync(self._popen.wait)
+        self.exit_code = self._popen.returncode
+        self.on_reaped(self)
+        await self.close()
+
+    async def close(self) -> None:
+        """Release the channel; idempotent."""
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+        if self._stream is not None:
+            await self._stream.aclose()
+
+
+def _classify(exit_code: int | None) -> ExitReason:
+    if exit_code == -signal.SIGKILL:
+        return ExitReason.KILLED
+    return ExitReason.CRASH
+
+
+def _explain_fatal(fatal: Fatal) -> str:
+    if fatal.stage == "load":
+        return (
+            f"could not load its handler factory ({fatal.summary}). A factory that lives in a module is sent "
+            "to the workers by reference, so the worker imports that module, with the parent's sys.path: make "
+            "it importable there (install it, or run from its directory), or define the factory in the script "
+            "itself, which is sent by value (its traceback is the cause)"
+        )
+    return f"failed to build its handler ({fatal.summary}; its traceback is the cause)"
+
+
+def explain_exit(reason: ExitReason, exit_code: int | None) -> str:
+    how = describe_exit(exit_code)
+    if reason is ExitReason.KILLED:
+        return f"{how}, which the pool did not send: perhaps out of memory (check the kernel log)"
+    if reason is ExitReason.HANG:
+        return f"{how} after missing heartbeats (hung)"
+    return how
+
+
+def describe_exit(exit_code: int | None) -> str:
+    """``exit code 3`` or ``killed by SIGKILL`` (or ``still running``)."""
+    if exit_code is None:
+        return "still running"
+    if exit_code < 0:
+        try:
+            name = signal.Signals(-exit_code).name
+        except ValueError:
+            name = f"signal {-exit_code}"
+        return f"killed by {name}"
+    return f"exit code {exit_code}"

@@ -1,0 +1,326 @@
+"""The publish path: route each frame to the slots that own its assets and queue its bytes there.
+
+Plain code that runs in the caller's thread (or task): no event loop, no thread hop. The parent reads only
+a frame's asset ids (a msgspec decode that skips everything else), picks the slot of each (a dict hit for
+a known asset), and appends the raw bytes; the workers decode the rest, in parallel. The publisher never
+waits: when a slot has ``max_pending_messages`` frames not yet applied, `Publisher.push` stops and says
+which slot is full, and the face waits in the caller's own way (a thread blocks, a task awaits) and calls
+it again.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from typing import TypeAlias
+
+import msgspec
+
+from pool._exceptions import BrokenWorkerError, PoolTimeoutError
+from pool._wire._protocol import GetBook, MarkStale
+from pool._wire._routing import Router
+from pool._wire._tally import Tally
+from pool.models import (
+    BookEvent,
+    Event,
+    MessageError,
+    PoolEvent,
+    PoolEventKind,
+    PriceChange,
+    UnknownEvent,
+    WorkerState,
+    decode_frame,
+)
+
+from ._changes import Changes, LoopWaker
+from ._events import EventHub
+from ._slot import Reply, Slot
+
+__all__ = ["DONE", "MORE", "Frame", "PublishCall", "Publishable", "Publisher"]
+
+Frame: TypeAlias = bytes | bytearray | memoryview | str
+Publishable: TypeAlias = Frame | Event | Iterable[Frame | Event]
+
+# `Publisher.push` queues at most this many frames per call, so a long publish gives the loop a turn (under
+# ``async with``: the writers start sending while the rest is routed) and holds no slot for long. Lower
+# means earlier overlap and more calls; each call costs about a microsecond.
+PUSH_FRAMES = 4096
+
+DONE = "done"  # every frame of the call is queued
+MORE = "more"  # PUSH_FRAMES were queued; call push again
+
+
+class _RouteEntry(msgspec.Struct):
+    asset_id: str
+
+
+class _RouteEvent(msgspec.Struct):
+    """The only fields the parent reads of a frame: who it is for. Everything else is skipped unparsed."""
+
+    asset_id: str | None = None
+    price_changes: list[_RouteEntry] | None = None
+    event_type: str | None = None
+    bids: msgspec.Raw = msgspec.Raw()  # left unparsed; non-empty means a book (REST shapes have no event_type)
+
+    @property
+    def is_book(self) -> bool:
+        return self.event_type == "book" or (self.event_type is None and len(self.bids) > 0)
+
+
+_route_decoder = msgspec.json.Decoder(_RouteEvent | list[_RouteEvent])
+_json_encoder = msgspec.json.Encoder()
+
+
+class PublishCall:
+    """One `publish` call in progress: its frames, what was accepted, and its deadline."""
+
+    def __init__(self, data: Publishable, timeout: float | None) -> None:
+        self.frames = _frames_of(data)
+        self.deadline = None if timeout is None else time.monotonic() + timeout
+        self.accepted = 0
+        self.held: bytes | None = None  # a frame taken from `frames` that waits for room
+        self.given_up: BrokenWorkerError | None = None  # raised once the rest has been delivered
+
+
+class Publisher:
+    """Queues frames and control messages for the slots; safe to call from any thread."""
+
+    def __init__(
+        self,
+        slots: list[Slot],
+        router: Router,
+        limit: int,
+        waker: LoopWaker,
+        changes: Changes,
+        events: EventHub,
+        log: object,
+    ) -> None:
+        self._slots = slots
+        self._route = router
+        self._limit = limit
+        self._waker = waker
+        self._changes = changes
+        self._events = events
+        self._log = log
+        self._lock = threading.Lock()  # the counters and the tally, when several threads publish
+        self._tally = Tally()
+        self.published = 0
+        self.rejected = 0
+        self.unroutable = 0
+
+    def push(self, call: PublishCall) -> Slot | str:
+        """Queue frames of ``call``: `DONE`, `MORE`, or the slot that is full (wait for room, then call again).
+
+        Raises:
+            BrokenWorkerError: the slot that owns a frame has failed for good; frames before it were queued.
+            TypeError: an item is not a frame or an event Struct.
+        """
+        slots, route, limit, slots_of = self._slots, self._route, self._limit, self._slots_of
+        decode_ids = _route_decoder.decode
+        touched: set[Slot] = set()
+        live: dict[Slot, list[str]] = {}
+        accepted = rejected = unroutable = 0
+        outcome: Slot | str = MORE
+        try:
+            for _ in range(PUSH_FRAMES):
+                if call.held is not None:
+                    frame, call.held = call.held, None
+                else:
+                    item = next(call.frames, None)
+                    if item is None:
+                        outcome = DONE
+                        break
+                    frame = item if type(item) is bytes else _to_frame(item)
+                try:
+                    ids = decode_ids(frame)
+                except msgspec.DecodeError:
+                    ids = None
+                if type(ids) is _RouteEvent and ids.price_changes is None and ids.asset_id is not None:
+                    # The common case, one asset, kept inline: this loop bounds the whole pool's throughput.
+                    slot = slots[route[ids.asset_id]]
+                    if slot.published - slot.applied >= limit or slot.broken is not None:
+                        if slot.broken is not None:
+                            raise slot.broken
+                        if not self._make_room(slot):
+                            call.held = frame
+                            outcome = slot
+                            break
+                    slot.append(frame)
+                    touched.add(slot)
+                    if ids.event_type != "price_change" and ids.is_book and slot.note_book(ids.asset_id):
+                        live.setdefault(slot, []).append(ids.asset_id)
+                else:
+                    try:
+                        targets, books = slots_of(frame, ids)
+                    except MessageError as exc:
+                        rejected += 1
+                        self._note("frame_rejected", reason=str(exc))
+                        continue
+                    if not targets:
+                        unroutable += 1  # accepted, and nobody's: a service text frame, a `new_market`...
+                    working = [slot for slot in targets if slot.broken is None]
+                    full = next((s for s in working if s.pending >= limit and not self._make_room(s)), None)
+                    if full is not None:
+                        call.held = frame
+                        outcome = full
+                        break
+                    for slot in working:
+                        slot.append(frame)
+                        touched.add(slot)
+                    for slot, asset_id in books:
+                        if slot.broken is None and slot.note_book(asset_id):
+                            live.setdefault(slot, []).append(asset_id)
+                    if len(working) < len(targets) and call.given_up is None:
+                        # The frame reached its other workers; the caller hears of the failed one at the end.
+                        call.given_up = next(slot.broken for slot in targets if slot.broken is not None)
+                accepted += 1
+        finally:
+            call.accepted += accepted
+            with self._lock:
+                self.published += accepted
+                self.rejected += rejected
+                self.unroutable += unroutable
+            for slot in touched:
+                self._wake(slot)
+            for slot, asset_ids in live.items():
+                self._book_event(slot, PoolEventKind.BOOK_LIVE, asset_ids, "a `book` arrived")
+            if self._tally:
+                self.release_logs()
+        return outcome
+
+    def timeout_error(self, slot: Slot, call: PublishCall) -> PoolTimeoutError:
+        return PoolTimeoutError(
+            f"worker {slot.worker_id} still has {slot.pending} frames pending "
+            f"(max_pending_messages={self._limit}) after the publish timeout; {call.accepted} frames of this "
+            "call were accepted. Publish more slowly, add workers, or raise max_pending_messages"
+        )
+
+    def has_room(self, slot: Slot) -> bool:
+        """True once ``slot`` can take a frame, or once it has been given up (push then raises)."""
+        return slot.pending < self._limit or slot.broken is not None or slot.state is WorkerState.RECOVERING
+
+    def request_book(self, slot: Slot, asset_id: str) -> Reply:
+        """Ask ``slot``'s worker for one book, behind every frame queued before this call."""
+        reply = slot.request(lambda request_id: GetBook(request_id, asset_id))
+        self._wake(slot)
+        return reply
+
+    def mark_stale(self, asset_ids: Iterable[str]) -> int:
+        """Flag the held books of ``asset_ids`` stale until a `book` for each; return how many were marked."""
+        if isinstance(asset_ids, str):
+            raise TypeError(f"mark_stale takes an iterable of asset ids, not one str: pass [{asset_ids!r}]")
+        by_slot: dict[int, list[str]] = {}
+        for asset_id in asset_ids:
+            if not isinstance(asset_id, str):
+                raise TypeError(f"asset ids must be str, got {type(asset_id).__name__}: {asset_id!r}")
+            by_slot.setdefault(self._route[asset_id], []).append(asset_id)
+        marked = 0
+        for index, ids in sorted(by_slot.items()):
+            slot = self._slots[index]
+            if slot.broken is not None:
+                continue
+            held, newly = slot.mark_stale(ids)
+            if not held:
+                continue
+            slot.enqueue_control(MarkStale(held))
+            self._wake(slot)
+            marked += len(held)
+            if newly:
+                self._book_event(slot, PoolEventKind.BOOK_STALE, newly, "marked stale: updates may have been missed")
+        return marked
+
+    def release_logs(self, *, force: bool = False) -> None:
+        """Write the tallied publish problems that are due (all of them with ``force``)."""
+        with self._lock:
+            entries = self._tally.release(force=force)
+        for entry in entries:
+            getattr(self._log, entry.level)(entry.event, count=entry.count, **entry.example)
+
+    def _wake(self, slot: Slot) -> None:
+        if not slot.wake_requested:
+            slot.wake_requested = True
+            self._waker.soon(slot.wake)
+
+    def _note(self, event: str, **example: str | int) -> None:
+        with self._lock:
+            self._tally.note(event, "warning", **example)
+
+    def _book_event(self, slot: Slot, kind: PoolEventKind, asset_ids: list[str], detail: str) -> None:
+        self._events.emit(PoolEvent(kind=kind, worker_id=slot.worker_id, asset_ids=asset_ids, detail=detail))
+
+    def _make_room(self, slot: Slot) -> bool:
+        """Make room in a full ``slot`` without waiting, if it can be done: True if there is room now.
+
+        A recovering slot never blocks publish: its buffer is dropped instead and its books are fetched
+        again, since a snapshot taken after the drop covers everything dropped.
+        """
+        if slot.state is not WorkerState.RECOVERING:
+            return False
+        dropped = slot.drop_buffered()
+        self._waker.soon(self._changes.notify)  # flush counts the dropped frames as done
+        with self._lock:
+            self._tally.note("recovery_buffer_overflow", "warning", worker_id=slot.worker_id, dropped=dropped)
+        return True
+
+    def _slots_of(
+        self, frame: bytes, ids: _RouteEvent | list[_RouteEvent] | None
+    ) -> tuple[list[Slot], list[tuple[Slot, str]]]:
+        """The slots of a frame that is not a plain one-asset event, and the (slot, asset) of its books.
+
+        Raises:
+            MessageError: the frame is malformed (`pool.models.decode_frame` says how).
+        """
+        route, slots = self._route, self._slots
+        targets: dict[int, Slot] = {}
+        books: list[tuple[Slot, str]] = []
+        if ids is None or (type(ids) is _RouteEvent and ids.asset_id is None and ids.price_changes is None):
+            # Ids that do not parse, or no asset named: a service text frame or an event with no asset (no
+            # slots; unroutable), or a malformed frame (raises).
+            for event in decode_frame(frame):
+                for asset_id in _asset_ids(event):
+                    slot = targets.setdefault(route[asset_id], slots[route[asset_id]])
+                    if isinstance(event, BookEvent):
+                        books.append((slot, asset_id))
+            return list(targets.values()), books
+        for routed in ids if isinstance(ids, list) else [ids]:
+            if routed.asset_id is not None:
+                slot = targets.setdefault(route[routed.asset_id], slots[route[routed.asset_id]])
+                if routed.is_book:
+                    books.append((slot, routed.asset_id))
+            for entry in routed.price_changes or ():
+                targets.setdefault(route[entry.asset_id], slots[route[entry.asset_id]])
+        return list(targets.values()), books
+
+
+def _frames_of(data: Publishable) -> Iterator[Frame | Event]:
+    if isinstance(data, (bytes, bytearray, memoryview, str, msgspec.Struct)):
+        return iter([data])
+    try:
+        return iter(data)
+    except TypeError:
+        raise TypeError(
+            "publish takes a frame (bytes or str: a JSON event or array of events, as the feed sent it), an "
+            f"event Struct, or an iterable of them; got {type(data).__name__}"
+        ) from None
+
+
+def _to_frame(item: Frame | Event) -> bytes:
+    if isinstance(item, str):
+        return item.encode()
+    if isinstance(item, (bytes, bytearray, memoryview)):
+        return bytes(item)
+    if isinstance(item, msgspec.Struct):
+        return _json_encoder.encode(item)
+    raise TypeError(
+        f"publish takes frames (bytes or str) or event Structs, or an iterable of them; an item is a "
+        f"{type(item).__name__}: {item!r:.80}"
+    )
+
+
+def _asset_ids(event: Event | UnknownEvent) -> list[str]:
+    if isinstance(event, PriceChange):
+        return [asset_id for asset_id, _, _, _ in event.entries()]
+    if isinstance(event, UnknownEvent):
+        return []
+    return [event.asset_id]

@@ -1,0 +1,309 @@
+"""A worker slot: the part of a shard that outlives its processes.
+
+Routing maps each asset to a slot for the pool's whole life; processes come and go in it. What was
+published lives in the slot, not in a process: the queue of frames and control messages not yet sent,
+the sequence numbers that say how much of it has been applied, the replies callers wait for, the assets
+it holds books for (and which of those are stale), and the restart record the supervisor keeps. When a
+process dies, what it had been sent but had not acknowledged comes back to the front of the queue
+(`requeue`), so the next process receives it again, in order.
+
+Threads: the queue, the sequence numbers and the book sets are changed by the caller's thread (publish,
+mark_stale, get_book) and by the loop's tasks (the writer, the reader, the supervisor), so each change
+holds the slot's lock, for a few dictionary and list operations at most. Everything else is the loop's.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import anyio
+
+from pool._exceptions import BrokenWorkerError, PoolClosedError
+from pool._wire._protocol import GetBook, Rebuild, ToWorker, Trim
+from pool.models import BookView, ExitReason, WorkerState
+
+from ._changes import Changes
+
+if TYPE_CHECKING:
+    from ._process import WorkerProcess
+
+__all__ = ["QueueItem", "Reply", "Slot"]
+
+# What the writer sends next: frames (in publish order), then optionally one control message.
+QueueItem = tuple[list[bytes], ToWorker | None]
+
+
+@dataclass(eq=False)
+class Reply:
+    """The answer to a request (`GetBook`, `Trim`): ``done`` once answered or once the slot is given up."""
+
+    done: bool = False
+    answered: bool = False
+    book: BookView | None = None
+
+
+class Slot:
+    """One shard's durable state. See the module docstring for which thread may call what."""
+
+    def __init__(self, worker_id: int, changes: Changes) -> None:
+        self.worker_id = worker_id
+        self.state = WorkerState.STARTING
+        self._changes = changes
+        self._lock = threading.Lock()
+        # The current process and, during a memory recycle, its started replacement.
+        self.process: WorkerProcess | None = None
+        self.standby: WorkerProcess | None = None
+        # The queue: frames appended by publish, and items (frames, control) for controls and requeues.
+        self._frames: list[bytes] = []
+        self._queue: deque[QueueItem] = deque()
+        self.published = 0  # frames queued for this slot, ever
+        self._seq_base = 0  # frames finished by earlier processes, or dropped while recovering
+        # _seq_base + frames the current process has applied. A plain attribute, because publish reads it
+        # for every frame to apply backpressure; only the slot's methods change it.
+        self.applied = 0
+        self._replies: dict[int, Reply] = {}
+        self._next_request = 0
+        self._closed = False  # `Stop` is queued
+        # Books: assets a `book` was routed here for; of those, the ones known to be waiting for a snapshot;
+        # of those, the ones a feed marked (`mark_stale`): a recovery snapshot does not clear them, a `book` does.
+        self._assets: set[str] = set()
+        self._stale: set[str] = set()
+        self._marked_stale: set[str] = set()
+        self.refetch = False  # frames were dropped during a snapshot fetch: fetch again
+        # Recycling: ``holding`` sends nothing more to the current process (it is about to be replaced);
+        # ``recycling`` makes queries wait for the replacement instead of answering stale.
+        self.holding = False
+        self.recycling = False
+        # Set by publish (any thread) when it asked the loop to wake this slot's writer; cleared by `wake`.
+        self.wake_requested = False
+        # The restart record, kept by the supervisor.
+        self.restarts = 0
+        self.abnormal_exits: deque[float] = deque()  # monotonic times, pruned to restart_window
+        self.last_exit_reason: ExitReason | None = None
+        self.last_restart_at: float | None = None  # wall-clock time
+        self.last_memory_exit: float | None = None  # monotonic time of the last memory recycle or restart
+        self.exit_code: int | None = None
+        self.broken: BrokenWorkerError | None = None  # set once the slot is given up (failed or stopped)
+        self._work = anyio.Event()
+        self._running = anyio.Event()
+
+    # ---------------------------------------------------------------------------- publish (any thread)
+
+    @property
+    def pending(self) -> int:
+        """Frames queued or in flight that no process has applied yet."""
+        return self.published - self.applied
+
+    def append(self, frame: bytes) -> None:
+        """Queue one frame behind everything queued so far.
+
+        Raises:
+            PoolClosedError: the slot's `Stop` is queued: a frame behind it would never be applied.
+        """
+        with self._lock:
+            if self._closed:
+                raise PoolClosedError(
+                    f"the pool was shut down during this publish; worker {self.worker_id} takes no more frames"
+                )
+            self._frames.append(frame)
+            self.published += 1
+
+    def close(self, stop: ToWorker) -> None:
+        """Queue ``stop`` behind everything queued so far and accept nothing after it."""
+        with self._lock:
+            self._closed = True
+            self._queue.append((self._frames, stop))
+            self._frames = []
+        self.wake()
+
+    def enqueue_control(self, message: ToWorker) -> None:
+        """Queue a control message behind every frame queued so far (the writer must then be woken)."""
+        with self._lock:
+            self._queue.append((self._frames, message))
+            self._frames = []
+
+    def request(self, make: Callable[[int], GetBook | Trim]) -> Reply:
+        """Queue a request behind every frame queued so far and return where its answer will land.
+
+        Raises:
+            BrokenWorkerError: the slot has been given up.
+        """
+        with self._lock:
+            self.check_alive()
+            self._next_request += 1
+            reply = self._replies[self._next_request] = Reply()
+            self._queue.append((self._frames, make(self._next_request)))
+            self._frames = []
+        return reply
+
+    def drop_buffered(self) -> int:
+        """Drop every queued frame (requests stay); the caller re-snapshots the slot's books instead.
+
+        Only while recovering: the replacement has received none of them, and a fresh snapshot covers them.
+        Returns how many were dropped; they count as done for `flush` (the caller notifies waiters).
+        """
+        with self._lock:
+            dropped = len(self._frames) + sum(len(frames) for frames, _ in self._queue)
+            self._queue = deque(([], control) for _, control in self._queue if control is not None)
+            self._frames = []
+            self._seq_base += dropped
+            self.applied += dropped
+            self.refetch = True
+        return dropped
+
+    def check_alive(self) -> None:
+        """Raise the slot's `BrokenWorkerError` if it has been given up."""
+        if self.broken is not None:
+            raise self.broken
+
+    # ------------------------------------------------------------------------- books (any thread)
+
+    @property
+    def book_count(self) -> int:
+        """Assets this slot holds a book for (as routed: a `book` was published for each)."""
+        return len(self._assets)
+
+    @property
+    def stale_count(self) -> int:
+        return len(self._stale)
+
+    def holds(self, asset_id: str) -> bool:
+        return asset_id in self._assets
+
+    def note_book(self, asset_id: str) -> bool:
+        """A `book` for ``asset_id`` is queued here: the slot holds it, and it is live once applied.
+
+        Returns True if it had been stale (the caller reports it live).
+        """
+        with self._lock:
+            self._assets.add(asset_id)
+            if asset_id not in self._stale:
+                return False
+            self._stale.discard(asset_id)
+            self._marked_stale.discard(asset_id)
+            return True
+
+    def mark_stale(self, asset_ids: Iterable[str]) -> tuple[list[str], list[str]]:
+        """Flag the held ones of ``asset_ids`` stale until their next `book`; return (held, newly stale)."""
+        with self._lock:
+            held = sorted(self._assets.intersection(asset_ids))
+            newly = [asset_id for asset_id in held if asset_id not in self._stale]
+            self._stale.update(held)
+            self._marked_stale.update(held)
+        return held, newly
+
+    def begin_rebuild(self) -> list[str]:
+        """Mark every held book stale for a rebuild; return them, sorted."""
+        with self._lock:
+            assets = sorted(self._assets)
+            self._stale.update(assets)
+        return assets
+
+    def end_rebuild(self, rebuilt: Iterable[str]) -> tuple[list[str], list[str]]:
+        """Books rebuilt from snapshots are live again, except those a feed marked; return (live, marked)."""
+        with self._lock:
+            rebuilt = set(rebuilt)
+            marked = sorted(self._marked_stale.intersection(rebuilt))
+            live = sorted(rebuilt - self._marked_stale)
+            self._stale.difference_update(live)
+        return live, marked
+
+    # ------------------------------------------------------------------------------- the loop only
+
+    def wake(self) -> None:
+        """Tell the writer there is something to send."""
+        self.wake_requested = False  # before the event: a publish after this point asks again
+        self._work.set()
+
+    async def wait_for_work(self) -> None:
+        await self._work.wait()
+        self._work = anyio.Event()
+
+    def take(self) -> QueueItem | None:
+        """The next item for the writer to send, or ``None`` when there is none (or the slot is holding)."""
+        if self.holding:
+            return None
+        with self._lock:
+            if self._queue:
+                return self._queue.popleft()
+            if self._frames:
+                frames, self._frames = self._frames, []
+                return frames, None
+        return None
+
+    def enqueue_first(self, message: Rebuild) -> None:
+        """Put a rebuild ahead of everything queued (the frames it must precede are all behind it).
+
+        A rebuild still queued from an earlier recovery is dropped: it is older than this one.
+        """
+        with self._lock:
+            self._queue = deque(item for item in self._queue if not isinstance(item[1], Rebuild))
+            self._queue.appendleft(([], message))
+        self.wake()
+
+    def requeue(self, items: list[QueueItem], applied_by_process: int) -> None:
+        """A process ended: ``items`` (what it had not finished, in order) go back to the front of the queue,
+        and the frames it applied are final."""
+        with self._lock:
+            self._seq_base += applied_by_process
+            self.applied = self._seq_base
+            self._queue.extendleft(reversed(items))
+
+    def progressed(self, applied_by_process: int) -> None:
+        """The current process has applied ``applied_by_process`` frames in all."""
+        with self._lock:
+            self.applied = self._seq_base + applied_by_process
+        self._changes.notify()
+
+    def answer(self, request_id: int, book: BookView | None) -> None:
+        reply = self._replies.pop(request_id, None)
+        if reply is not None:
+            reply.book = book
+            reply.answered = reply.done = True
+            self._changes.notify()
+
+    def is_waiting_for(self, request_id: int) -> bool:
+        return request_id in self._replies
+
+    def running(self) -> None:
+        """A process serves the slot again."""
+        self.state = WorkerState.RUNNING
+        self.recycling = self.holding = False
+        self._running.set()
+        self.wake()  # frames requeued from the last process may be waiting
+
+    def recovering(self) -> None:
+        """The process is gone; the supervisor restarts it or gives the slot up."""
+        self.state = WorkerState.RECOVERING
+        self._running = anyio.Event()
+
+    async def wait_running(self) -> None:
+        """Return once the slot runs a process again, or has been given up."""
+        await self._running.wait()
+
+    def fail(self, error: BrokenWorkerError) -> None:
+        """Give the slot up: every call waiting on it, now or later, raises ``error``."""
+        with self._lock:
+            self.broken = error
+            replies, self._replies = self._replies, {}
+        for reply in replies.values():
+            reply.done = True
+        self._running.set()
+        self._changes.notify()
+
+    def abnormal_exit(self, window: float) -> int:
+        """Record an abnormal exit now; return how many fell within the last ``window`` seconds."""
+        now = time.monotonic()
+        self.abnormal_exits.append(now)
+        return self.recent_abnormal_exits(window)
+
+    def recent_abnormal_exits(self, window: float) -> int:
+        horizon = time.monotonic() - window
+        while self.abnormal_exits and self.abnormal_exits[0] < horizon:
+            self.abnormal_exits.popleft()
+        return len(self.abnormal_exits)

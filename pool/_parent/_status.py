@@ -1,0 +1,112 @@
+"""`get_status()`: the pool at a glance, built from state the parent already holds (never a round trip)."""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+
+from pool.models import (
+    FeedStatus,
+    MemoryStatus,
+    PoolState,
+    PoolStatus,
+    WorkerState,
+    WorkerStatus,
+)
+from pool.monitors import MemoryInfo
+
+from ._slot import Slot
+
+__all__ = ["RateMeter", "build_status", "worker_status"]
+
+# Throughput in get_status() is averaged over this many samples (memory_check_interval apart).
+_RATE_WINDOW_SAMPLES = 5
+
+# The worker states in which a slot's process is alive.
+_ALIVE = (WorkerState.RUNNING, WorkerState.STOPPING)
+
+
+class RateMeter:
+    """Frames applied per second, over the last few samples of the total."""
+
+    def __init__(self) -> None:
+        self._samples: deque[tuple[float, int]] = deque(maxlen=_RATE_WINDOW_SAMPLES)
+
+    def record(self, applied: int) -> None:
+        self._samples.append((time.monotonic(), applied))
+
+    def rate(self) -> float:
+        if len(self._samples) < 2:
+            return 0.0
+        (t0, n0), (t1, n1) = self._samples[0], self._samples[-1]
+        return (n1 - n0) / (t1 - t0) if t1 > t0 else 0.0
+
+
+def alive_count(slots: Sequence[Slot]) -> int:
+    return sum(1 for slot in slots if slot.state in _ALIVE)
+
+
+def worker_status(slot: Slot, now: float, memory: MemoryInfo | None) -> WorkerStatus:
+    """One slot as `PoolStatus.workers` shows it."""
+    process = slot.process
+    stats = process.stats if process is not None else None
+    pid = process.pid if process is not None else None
+    if memory is not None and memory.pid != pid:
+        memory = None  # a sample of a process that has since been replaced
+    # Every book of a slot that is being rebuilt, or that was given up, is unavailable.
+    unavailable = slot.state in (WorkerState.RECOVERING, WorkerState.FAILED)
+    return WorkerStatus(
+        worker_id=slot.worker_id,
+        status=slot.state,
+        pid=pid,
+        books=stats.orderbook_count if stats else 0,
+        messages=stats.messages_processed if stats else 0,
+        errors=stats.errors if stats else 0,
+        pending=slot.pending,
+        memory_bytes=memory.bytes_used if memory else (stats.memory_usage_bytes if stats else 0),
+        memory_cap_bytes=memory.cap_bytes if memory else None,
+        memory_ratio=memory.ratio if memory else None,
+        last_heartbeat_age=now - process.last_heard if process is not None else None,
+        restarts=slot.restarts,
+        stale_books=slot.book_count if unavailable else slot.stale_count or (stats.stale_books if stats else 0),
+        exit_code=slot.exit_code,
+        last_exit_reason=slot.last_exit_reason,
+        last_restart_at=slot.last_restart_at,
+    )
+
+
+def build_status(
+    *,
+    state: PoolState,
+    started_at: float | None,
+    worker_count: int,
+    slots: Sequence[Slot],
+    samples: Mapping[int, MemoryInfo],
+    memory: MemoryStatus,
+    published: int,
+    rejected: int,
+    unroutable: int,
+    rate: float,
+    feeds: Mapping[str, Callable[[], FeedStatus]],
+) -> PoolStatus:
+    now = time.monotonic()
+    workers = {slot.worker_id: worker_status(slot, now, samples.get(slot.worker_id)) for slot in slots}
+    if state is PoolState.RUNNING and any(slot.state is not WorkerState.RUNNING for slot in slots):
+        state = PoolState.DEGRADED
+    return PoolStatus(
+        pool_status=state,
+        uptime_seconds=now - started_at if started_at is not None else 0.0,
+        worker_count=worker_count,
+        alive_workers=alive_count(slots),
+        workers=workers,
+        memory=memory,
+        messages_published=published,
+        messages_applied=sum(slot.applied for slot in slots),
+        messages_per_second=rate,
+        frames_rejected=rejected + sum(s.errors for s in workers.values()),
+        frames_unroutable=unroutable,
+        total_books=sum(s.books for s in workers.values()),
+        restarts=sum(s.restarts for s in workers.values()),
+        feeds={name: read() for name, read in feeds.items()},
+    )
