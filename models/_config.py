@@ -8,7 +8,11 @@ import msgspec
 
 __all__ = ["PoolConfig"]
 
-StartMethod = Literal["spawn", "forkserver", "fork"]
+# Workers always start as a fresh interpreter through the pool's own entry point, which never imports the
+# user's __main__: multiprocessing's "fork" (unsafe beside threads) and "forkserver" (which imports
+# __main__ in its server) cannot keep that promise, so they are refused with the reason.
+StartMethod = Literal["spawn"]
+_RETIRED_START_METHODS = {"fork", "forkserver"}
 MemoryPolicy = Literal["recycle", "restart", "callback"]
 
 _DAY = 86_400.0
@@ -47,8 +51,8 @@ class PoolConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
         worker_startup_timeout: how long a worker may take to report ready.
         max_pending_messages: frames published to one worker and not yet applied. When reached, `publish`
             waits: this bounds the parent's memory at about this many frames per worker.
-        start_method: multiprocessing start method. ``spawn`` is the safe default in a process that runs
-            threads or an event loop; ``forkserver`` starts faster; ``fork`` is fastest and unsafe there.
+        start_method: how workers start: ``spawn``, a fresh interpreter running the pool's own entry point
+            (it never re-runs your ``__main__``), the only method offered.
         max_restarts: abnormal exits of one worker tolerated within ``restart_window`` seconds.
         restart_window: the window for ``max_restarts``.
         memory_check_interval: how often the memory monitor samples every worker.
@@ -84,6 +88,12 @@ class PoolConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
             if too_low or value > high or (isinstance(value, float) and not math.isfinite(value)):
                 bracket = "[" if low_inclusive else "("
                 raise ValueError(f"PoolConfig.{name} must be in {bracket}{low:g}, {high:g}], got {value!r}")
+        if self.start_method in _RETIRED_START_METHODS:
+            raise ValueError(
+                f"PoolConfig.start_method {self.start_method!r} is not offered: workers start as fresh interpreters "
+                "through the pool's own entry point, so they never run your __main__ again (multiprocessing's "
+                f"{self.start_method!r} cannot promise that); leave start_method unset"
+            )
         for name, allowed in (("start_method", StartMethod), ("memory_policy", MemoryPolicy)):
             choices = get_args(allowed)
             if getattr(self, name) not in choices:

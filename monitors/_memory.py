@@ -23,9 +23,9 @@ from typing import Any, Literal, TypeAlias, TypeVar
 
 import msgspec
 import psutil
-import structlog
 
 from pool.models import PoolConfig
+from pool.models._logging import get_logger
 
 __all__ = ["CallbackHandle", "MemoryInfo", "MemoryMonitor", "SystemMemoryInfo", "WorkerTarget"]
 
@@ -104,7 +104,7 @@ class MemoryMonitor:
         self.worker_memory_cap_mb = worker_memory_cap_mb
         self.memory_threshold = memory_threshold
         self._handles: list[CallbackHandle] = []
-        self._log = structlog.get_logger("monitors.memory")
+        self._log = get_logger("pool.monitors.memory")
         self.samples = 0
         self.callback_errors = 0
         self.last: dict[int, MemoryInfo] = {}  # worker id -> its last sample

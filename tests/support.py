@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from decimal import Decimal
 from pathlib import Path
 
@@ -170,3 +172,28 @@ def child_pids() -> set[int]:
         if not any(helper in command for helper in _MULTIPROCESSING_HELPERS):
             children.add(child.pid)
     return children
+
+
+class _Capture(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.entries: list[dict[str, object]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        entry = dict(record.msg) if isinstance(record.msg, dict) else {"event": record.getMessage()}
+        self.entries.append({**entry, "log_level": record.levelname.lower(), "logger": record.name})
+
+
+@contextlib.contextmanager
+def captured_logs(name: str = "pool") -> Iterator[list[dict[str, object]]]:
+    """Every entry the library logs under ``name`` while the block runs, as event dicts with ``log_level``
+    and ``logger`` added: the library's logs as an application's logging configuration receives them."""
+    logger = logging.getLogger(name)
+    capture, level = _Capture(), logger.level
+    logger.addHandler(capture)
+    logger.setLevel(logging.DEBUG)
+    try:
+        yield capture.entries
+    finally:
+        logger.removeHandler(capture)
+        logger.setLevel(level)

@@ -9,7 +9,6 @@ parts are described in `pool._parent._supervisor`, which draws the data flow.
 from __future__ import annotations
 
 import time
-from typing import Any
 
 import anyio
 import anyio.abc
@@ -19,6 +18,7 @@ from pool._wire._protocol import Stop
 from pool._wire._routing import Router
 from pool._wire._tally import LOG_INTERVAL
 from pool.models import ExitReason, PoolConfig, PoolState, WorkerState
+from pool.models._logging import get_logger
 from pool.monitors import MemoryMonitor
 
 from ._changes import Changes, LoopWaker
@@ -46,17 +46,18 @@ class PoolCore:
         snapshot_source: SnapshotSource | None,
         on_resync: ResyncCallback | None,
         memory_monitor: MemoryMonitor,
-        log: Any,
+        pool_id: int,
     ) -> None:
         self.config = config
         self._factory = factory
         self._snapshot_source = snapshot_source
         self._on_resync = on_resync
         self._monitor = memory_monitor
-        self._log = log
+        self.log = self._log = get_logger("pool").bind(pool_id=pool_id)
+        self._worker_log = get_logger("pool.worker").bind(pool_id=pool_id)  # what the workers tally
         self.state = PoolState.CREATED
         self.router = Router(config.worker_count)
-        self.events = EventHub(log)
+        self.events = EventHub(self._log)
         self.rate = RateMeter()
         self.initial_memory = memory_status(memory_monitor.sample_system())
         self.started_at: float | None = None
@@ -78,7 +79,7 @@ class PoolCore:
         changes, waker = Changes(), LoopWaker()
         self.changes = changes
         self.slots = [Slot(worker_id, changes) for worker_id in range(self.config.worker_count)]
-        launcher = self._launcher = Launcher(self.config, self._factory, self._log, self.events.emit)
+        launcher = self._launcher = Launcher(self.config, self._factory, self._worker_log, self.events.emit)
         self.publisher = Publisher(
             self.slots, self.router, self.config.max_pending_messages, waker, changes, self.events, self._log
         )

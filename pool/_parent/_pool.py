@@ -24,7 +24,6 @@ from typing import Any, Self, TypeVar
 
 import anyio
 import anyio.lowlevel
-import structlog
 
 from pool._exceptions import PoolClosedError, PoolError, PoolTimeoutError, UnknownAssetError
 from pool.models import BookView, FeedStatus, PoolConfig, PoolState, PoolStatus, WorkerState, WorkerStats
@@ -43,8 +42,6 @@ from ._thread import LoopThread
 __all__ = ["PersistentWorkerPool"]
 
 T = TypeVar("T")
-
-_log = structlog.get_logger("pool")
 
 
 class _Mode(enum.Enum):
@@ -106,9 +103,8 @@ class PersistentWorkerPool:
             raise TypeError(f"on_resync must be callable, got {type(on_resync).__name__}")
         self.config = config
         self.memory_monitor = MemoryMonitor.from_config(config)
-        self._log = _log.bind(pool_id=id(self))
         self._core = PoolCore(
-            config, factory, as_snapshot_source(snapshot_source), on_resync, self.memory_monitor, self._log
+            config, factory, as_snapshot_source(snapshot_source), on_resync, self.memory_monitor, id(self)
         )
         self._mode = _Mode.NONE
         self._feeds: dict[str, Callable[[], FeedStatus]] = {}
@@ -401,7 +397,7 @@ class PersistentWorkerPool:
         """The publisher of a running pool, starting the pool on first use (with a warning)."""
         if self._mode is _Mode.NONE and self._core.state is PoolState.CREATED:
             self._refuse_in_event_loop(f"{method}() on a pool that was not started")
-            self._log.warning(
+            self._core.log.warning(
                 "pool_lazy_start",
                 hint="use `with PersistentWorkerPool(config) as pool:` (or `async with`) so shutdown is guaranteed",
             )

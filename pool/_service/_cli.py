@@ -32,13 +32,13 @@ from typing import Any, TextIO
 
 import anyio
 import msgspec
-import structlog
 
 from pool import BrokenWorkerError, PersistentWorkerPool, PoolError
 from pool.models import PoolConfig, PoolStatus, WorkerState, WorkerStats
+from pool.models._logging import get_logger
 
 from ._config_sources import ENV_PREFIX, ConfigError, load_config
-from ._logging import configure_structlog
+from ._logging import configure_logging
 from ._synthetic import SyntheticMarket
 
 __all__ = ["EXIT_FAILURE", "EXIT_OK", "EXIT_USAGE", "main"]
@@ -198,18 +198,18 @@ def _polymarket_assets(assets: str | None, assets_file: Path | None) -> list[str
 
 
 def _configure_logging(log_format: str, level: str, live_console: Any = None) -> None:
-    """structlog to stderr (stdout carries the final status): text on a terminal, else JSON lines.
+    """Log lines to stderr (stdout carries the final status): text on a terminal, else JSON lines.
 
     Under the live view, lines are printed through its console instead, so they scroll above the view
     rather than through it.
     """
     json_lines = log_format == "json" or (log_format == "auto" and not sys.stderr.isatty())
     output: TextIO | _ConsoleFile = sys.stderr if live_console is None else _ConsoleFile(live_console)
-    configure_structlog(json_lines=json_lines, level=getattr(logging, level.upper()), file=output)
+    configure_logging(json_lines=json_lines, level=getattr(logging, level.upper()), stream=output)
 
 
 class _ConsoleFile:
-    """A file-like object for structlog that prints each line through a rich console."""
+    """A file-like object for the log handler that prints each line through a rich console."""
 
     def __init__(self, console: Any) -> None:
         self._console = console
@@ -238,7 +238,7 @@ class _Stop:
 
 
 async def _watch_signals(stop: _Stop, pool: PersistentWorkerPool) -> None:
-    log = structlog.get_logger("pool.cli")
+    log = get_logger("pool.cli")
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async for signum in signals:
             name = signal.Signals(signum).name
@@ -260,7 +260,7 @@ def _kill(pid: int) -> None:
 
 
 async def _run(args: argparse.Namespace, config: PoolConfig, live: bool) -> int:
-    log = structlog.get_logger("pool.cli")
+    log = get_logger("pool.cli")
     source = _PolymarketSource(args) if args.source == "polymarket" else _SimulatedSource(args)
     stop = _Stop()
     try:
@@ -321,7 +321,7 @@ async def _serve(
     args: argparse.Namespace, config: PoolConfig, source: _SimulatedSource | _PolymarketSource, stop: _Stop, live: bool
 ) -> PoolStatus:
     """Run the pool until the duration ends or a signal stops it; return its last status."""
-    log = structlog.get_logger("pool.cli")
+    log = get_logger("pool.cli")
     pool = PersistentWorkerPool(config, snapshot_source=source.snapshots, on_resync=source.on_resync)
     failure: PoolError | OSError | None = None
     # The signal watcher and the view outlive the pool's block, so a second SIGINT during its graceful
@@ -376,7 +376,7 @@ def _metrics_server(
 @contextlib.contextmanager
 def _reporter(args: argparse.Namespace, pool: PersistentWorkerPool, live: bool) -> Iterator[Any]:
     """Yield the task that shows the pool: a live view on a terminal, else status log lines."""
-    log = structlog.get_logger("pool.cli")
+    log = get_logger("pool.cli")
     if not live:
 
         async def log_lines() -> None:
@@ -412,7 +412,7 @@ async def _publish_until_stopped(
     If a worker fails for good, publishing stops (its frames would have nowhere to go) but the run goes
     on, degraded, until it is stopped: /health says 503 meanwhile, and the exit code will be 1.
     """
-    log = structlog.get_logger("pool.cli")
+    log = get_logger("pool.cli")
     started = time.monotonic()
     sent = 0
     publishing = True

@@ -23,10 +23,10 @@ from typing import Any
 
 import anyio
 import msgspec
-import structlog
 
 from pool import BrokenWorkerError
 from pool.models import FeedStatus
+from pool.models._logging import get_logger
 
 from ._websocket import ConnectionClosed, WebSocket, _Oversized
 
@@ -112,7 +112,7 @@ class PolymarketFeed:
         self._last_frame: float | None = None
         self._heard_at = 0.0  # monotonic time of the current connection's last frame (or its opening)
         self._tasks: anyio.abc.TaskGroup | None = None
-        self._log = structlog.get_logger("feeds.polymarket").bind(url=url)
+        self._log = get_logger("pool.feeds.polymarket").bind(url=url)
 
     @property
     def stats(self) -> FeedStatus:

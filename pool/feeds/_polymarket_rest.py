@@ -21,7 +21,8 @@ from typing import Any
 import anyio
 import httpx
 import msgspec
-import structlog
+
+from pool.models._logging import get_logger
 
 __all__ = ["DEFAULT_REST_URL", "PolymarketRestSource", "RestSourceError", "UnknownBookError"]
 
@@ -79,7 +80,7 @@ class PolymarketRestSource:
         self._backoff = backoff
         self._batch_size = batch_size
         self._concurrency = concurrency
-        self._log = structlog.get_logger("feeds.polymarket.rest").bind(base_url=self.base_url)
+        self._log = get_logger("pool.feeds.polymarket.rest").bind(base_url=self.base_url)
 
     def __repr__(self) -> str:
         return f"PolymarketRestSource({self.base_url!r})"

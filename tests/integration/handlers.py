@@ -99,3 +99,25 @@ class MemoryHog:
 
 def memory_hog(target_worker: int, chunk_kb: int, worker_id: int) -> MemoryHog | None:
     return MemoryHog(chunk_kb) if worker_id == target_worker else None
+
+
+def _write_marker(path: str) -> None:
+    Path(path).write_text("ran")
+
+
+class ProcessStartingHandler:
+    """Starts (and joins) a multiprocessing child from its snapshot callback: only a non-daemonic worker may."""
+
+    def __init__(self, marker: str) -> None:
+        self._marker = marker
+
+    def on_snapshot(self, book: Any, event: Any) -> None:
+        import multiprocessing
+
+        child = multiprocessing.get_context("spawn").Process(target=_write_marker, args=(self._marker,))
+        child.start()
+        child.join(30)
+
+
+def process_starting_handler(marker: str, worker_id: int) -> ProcessStartingHandler:
+    return ProcessStartingHandler(marker)

@@ -6,12 +6,9 @@ import json
 import sys
 import time
 
-import structlog
-
 from pool import PersistentWorkerPool, PoolConfig
 
 if __name__ == "__main__":
-    structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))  # stdout carries the pids
     with PersistentWorkerPool(PoolConfig(worker_count=2, heartbeat_interval=0.5)) as pool:
         print(json.dumps([w.pid for w in pool.get_status().workers.values()]), flush=True)
         sys.stdin.read()  # until the test kills us

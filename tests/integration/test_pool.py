@@ -17,7 +17,6 @@ import anyio
 import msgspec
 import psutil
 import pytest
-import structlog
 
 from pool import (
     BrokenWorkerError,
@@ -32,7 +31,7 @@ from pool._service._synthetic import SyntheticMarket
 from pool._wire._routing import slot_for
 from pool.models import BookView, ExitReason, FeedStatus, PoolState, WorkerState
 from tests.integration import handlers
-from tests.support import ReferenceBooks, as_decimals, child_pids, wait_for
+from tests.support import ReferenceBooks, as_decimals, captured_logs, child_pids, wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -306,7 +305,7 @@ class TestLifecycle:
         """Without a context manager the pool starts on first use, warns, and shuts down on request."""
         market = SyntheticMarket(10, seed=29)
         pool = PersistentWorkerPool(config())
-        with structlog.testing.capture_logs() as logs:
+        with captured_logs() as logs:
             pool.publish(market.snapshots())
         assert any(entry["event"] == "pool_lazy_start" and entry["log_level"] == "warning" for entry in logs)
         assert len(pool.get_book(market.asset_ids[0]).bids) > 0
@@ -319,7 +318,7 @@ class TestLifecycle:
     def test_shutdown_without_waiting(self) -> None:
         """shutdown(wait=False) returns at once; a later shutdown() waits for the same stop; no thread is left."""
         pool = PersistentWorkerPool(config())
-        with structlog.testing.capture_logs() as logs:
+        with captured_logs() as logs:
             pool.start()
         assert not [entry for entry in logs if entry["event"] == "pool_lazy_start"]
         pool.shutdown(wait=False)
@@ -405,12 +404,11 @@ class TestNoOrphans:
 
 
 class TestFailures:
-    @pytest.mark.parametrize("start_method", ["spawn", "forkserver"])
-    def test_killed_worker_without_restart_budget_fails(self, start_method: str) -> None:
+    def test_killed_worker_without_restart_budget_fails(self) -> None:
         """SIGKILL on a worker with max_restarts=0: the slot fails, the pool is degraded, calls on its books
         raise BrokenWorkerError, and the other worker serves on."""
         market = SyntheticMarket(40, seed=37)
-        with PersistentWorkerPool(config(start_method=start_method, max_restarts=0)) as pool:
+        with PersistentWorkerPool(config(max_restarts=0)) as pool:
             pool.publish(market.snapshots())
             pool.flush(timeout=10)
             victim = pool.get_status().workers[0]
@@ -427,11 +425,10 @@ class TestFailures:
                 pool.get_book(owned_by_0)
             assert pool.get_book(owned_by_1).bids
 
-    @pytest.mark.parametrize("start_method", ["spawn", "forkserver"])
-    def test_failing_handler_factory_aborts_start(self, start_method: str) -> None:
+    def test_failing_handler_factory_aborts_start(self) -> None:
         """A handler factory that raises: WorkerStartupError, with the worker's traceback as the cause."""
         before = child_pids()
-        pool = PersistentWorkerPool(config(start_method=start_method), handler_factory=handlers.broken_factory)
+        pool = PersistentWorkerPool(config(), handler_factory=handlers.broken_factory)
         with pytest.raises(WorkerStartupError, match="failed to build its handler") as caught, pool:
             pytest.fail("the pool must not start")
         assert "cannot build a handler for worker" in str(caught.value.__cause__)

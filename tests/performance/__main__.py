@@ -15,13 +15,10 @@ import io
 import os
 import platform
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-
-import structlog
 
 from tests.performance import _plots as _plot
 from tests.performance import (
@@ -133,8 +130,6 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--output", type=Path, default=Path("docs/performance.md"))
     parser.add_argument("--soak", type=float, metavar="SECONDS", help="add the soak benchmark, this long")
     args = parser.parse_args(argv)
-    # The pool's log lines go to stderr, so that stdout (and the report) holds only the tables.
-    structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
     report = run(args.smoke, args.soak, args.output)
     args.output.write_text(report)
     print(f"\nwritten to {args.output}")

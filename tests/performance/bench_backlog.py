@@ -20,14 +20,12 @@ from __future__ import annotations
 import argparse
 import gc
 import multiprocessing
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import psutil
-import structlog
 
 from pool import PersistentWorkerPool, PoolConfig
 from pool._service._synthetic import SyntheticMarket
@@ -86,7 +84,6 @@ _DESIGNS: dict[str, Callable[[list[bytes], list[bytes], int, int], None]] = {"po
 
 
 def _measure_in_child(design: str, messages: int, workers: int, results: Any) -> None:
-    structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))  # as the suite does: tables only
     market = SyntheticMarket(1_000, seed=9)
     snapshots, base = market.snapshots(), list(market.updates(_DISTINCT))
     gc.collect()

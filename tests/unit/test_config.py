@@ -35,7 +35,8 @@ class TestPoolConfig:
             ({"max_pending_messages": 0}, ValueError, "max_pending_messages"),
             ({"memory_threshold": 75}, ValueError, r"memory_threshold must be in \(0, 1\], got 75"),
             ({"heartbeat_timeout": "5"}, TypeError, "heartbeat_timeout must be a number"),
-            ({"start_method": "thread"}, ValueError, "start_method must be one of 'spawn', 'forkserver', 'fork'"),
+            ({"start_method": "thread"}, ValueError, "start_method must be one of 'spawn'"),
+            ({"start_method": "forkserver"}, ValueError, "never run your __main__ again"),
             ({"memory_policy": "panic"}, ValueError, "memory_policy must be one of"),
         ],
     )

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import anyio
-import structlog
 
 from pool._parent._events import EventHub
 from pool.models import ExitReason, PoolEvent, PoolEventKind
+from pool.models._logging import get_logger
+from tests.support import captured_logs
 
 EVENT = PoolEvent(kind=PoolEventKind.WORKER_EXITED, worker_id=1, pid=42, reason=ExitReason.CRASH, exit_code=3)
 
@@ -14,7 +15,7 @@ EVENT = PoolEvent(kind=PoolEventKind.WORKER_EXITED, worker_id=1, pid=42, reason=
 class TestEventHub:
     def test_logs_and_calls_listeners_despite_a_failing_one(self) -> None:
         """A raising listener is logged and counted; the listeners after it are still called."""
-        hub = EventHub(structlog.get_logger("test"))
+        hub = EventHub(get_logger("pool.test"))
         seen: list[PoolEvent] = []
 
         def broken(event: PoolEvent) -> None:
@@ -22,7 +23,7 @@ class TestEventHub:
 
         hub.add_listener(broken)
         hub.add_listener(seen.append)
-        with structlog.testing.capture_logs() as logs:
+        with captured_logs() as logs:
             hub.emit(EVENT)
         assert seen == [EVENT] and hub.listener_errors == 1
         assert [entry["event"] for entry in logs] == ["worker_exited", "listener_failed"]
@@ -30,7 +31,7 @@ class TestEventHub:
 
     def test_remove_and_async_listener(self) -> None:
         """An async listener runs in the attached task group; a removed listener is not called."""
-        hub = EventHub(structlog.get_logger("test"))
+        hub = EventHub(get_logger("pool.test"))
         seen: list[str] = []
 
         async def async_listener(event: PoolEvent) -> None:
