@@ -109,6 +109,8 @@ class PersistentWorkerPool:
         self._mode = _Mode.NONE
         self._feeds: dict[str, Callable[[], FeedStatus]] = {}
         self._thread: LoopThread | None = None  # the loop's thread, under ``with``
+        # Under ``with``, while the pool runs: the publisher, for the one-frame fast path of `publish`.
+        self._sync_publisher: Publisher | None = None
         self._exit_stack: AsyncExitStack | None = None  # the caller's task group, under ``async with``
         # Serialises starting and stopping the loop's thread: concurrent shutdowns (say, wait=False then
         # wait=True) stop it once; the later caller waits until the first has finished.
@@ -194,6 +196,9 @@ class PersistentWorkerPool:
                 workers is first given to the others, so their books miss nothing).
             PoolClosedError: the pool was shut down.
         """
+        fast = self._sync_publisher
+        if fast is not None and type(data) is bytes and fast.push_frame(data):
+            return None  # one frame from a sync caller, the common case: no call object, no wait
         publisher = self._running_publisher("publish")
         call = PublishCall(data, timeout)
         if self._mode is _Mode.ASYNC:
@@ -432,12 +437,14 @@ class PersistentWorkerPool:
             thread = LoopThread()
             thread.start(self._core.serve)
             self._thread = thread
+            self._sync_publisher = self._core.publisher
 
     def _stop_sync(self) -> None:
         with self._lifecycle_lock:
             thread = self._thread
             if thread is None:
                 return
+            self._sync_publisher = None
             try:
                 thread.call(self._core.shutdown)
             finally:

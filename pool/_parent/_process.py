@@ -299,6 +299,8 @@ class WorkerProcess:
                         self.acked = stats.applied_seq
                         self._trim_inflight(slot)
                         slot.progressed(self.acked)
+                        if slot.has_queued():
+                            slot.wake()  # publish did not, while this batch was in flight
                         if logs:
                             self._log_tallies(logs)
                     case BookReply(request_id, book):

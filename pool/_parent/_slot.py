@@ -99,8 +99,9 @@ class Slot:
         """Frames queued or in flight that no process has applied yet."""
         return self.published - self.applied
 
-    def append(self, frame: bytes) -> None:
-        """Queue one frame behind everything queued so far.
+    def append(self, frame: bytes) -> bool:
+        """Queue one frame behind everything queued so far; True if it is the slot's only unapplied frame
+        (the slot was idle, so its writer needs waking: see `Publisher`).
 
         Raises:
             PoolClosedError: the slot's `Stop` is queued: a frame behind it would never be applied.
@@ -112,6 +113,7 @@ class Slot:
                 )
             self._frames.append(frame)
             self.published += 1
+            return self.published - self.applied == 1
 
     def close(self, stop: ToWorker) -> None:
         """Queue ``stop`` behind everything queued so far and accept nothing after it."""
@@ -223,6 +225,10 @@ class Slot:
     async def wait_for_work(self) -> None:
         await self._work.wait()
         self._work = anyio.Event()
+
+    def has_queued(self) -> bool:
+        """True if anything waits to be sent."""
+        return bool(self._frames or self._queue)
 
     def take(self) -> QueueItem | None:
         """The next item for the writer to send, or ``None`` when there is none (or the slot is holding)."""

@@ -14,7 +14,16 @@ from tests.performance import bench_throughput
 def test_suite_runs_and_writes_its_report(tmp_path: Path) -> None:
     """Every benchmark runs, prints its table, and the report names the machine and the commit."""
     report = suite.main(["--smoke", "--output", str(tmp_path / "performance.md")]).read_text()
-    sections = ("throughput", "latency", "memory", "parent memory under backlog", "recovery", "lifecycle", "soak")
+    sections = (
+        "throughput",
+        "publish one frame per call",
+        "latency",
+        "memory",
+        "parent memory under backlog",
+        "recovery",
+        "lifecycle",
+        "soak",
+    )
     for section in sections:
         assert f"## {section}" in report
     for plot in ("performance-throughput.png", "performance-latency.png"):
@@ -26,6 +35,7 @@ def test_suite_runs_and_writes_its_report(tmp_path: Path) -> None:
     assert "books live again" in report and "| 100 | 98 |" in report
     assert "| old design: one pickled message per Queue.put | 2,000 |" in report  # the latency baseline
     assert "| pool (this library) | 5,000 |" in report and "| old design: unbounded Queue | 5,000 |" in report
+    assert "sync one-frame / old Queue design:" in report
     assert "shard balance, share of messages per worker:" in report
     assert "| worker 1 (USS) |" in report  # the soak samples every worker
     leftovers = report.split("left after the cycles: children, fds, threads, RSS growth | ")[1].split(",")[:3]

@@ -47,7 +47,7 @@ def modules() -> list[tuple[str, Path]]:
 def imports_of(module: str, path: Path) -> set[str]:
     """Every `pool...` module that ``module`` imports, relative imports made absolute."""
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
-    names = set()
+    names: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
