@@ -58,10 +58,17 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)  # a usage error exits 2 here, with argparse's message
     if args.command == "status":
         return _status(args.url, args.timeout)
-    live = sys.stdout.isatty() and not args.no_live
+    terminal = sys.stdout.isatty() and not args.no_live
+    live = terminal and _rich_installed()
     _configure_logging(args.log_format, args.log_level, _live_console() if live else None)
+    if terminal and not live:
+        get_logger("pool.cli").warning(
+            "live_view_unavailable", hint="pip install 'persistent-worker-pool[cli]' for the live view; logging status"
+        )
     try:
-        config = load_config(args.config, os.environ, {"worker_count": args.workers})
+        config = load_config(
+            args.config, os.environ, {"worker_count": args.workers}, flag_names={"worker_count": "--workers"}
+        )
         _check_run_flags(args)
     except ConfigError as exc:
         print(f"worker-pool: error: {exc}", file=sys.stderr)
@@ -222,6 +229,15 @@ class _ConsoleFile:
         """Nothing to flush: the console writes at once."""
 
 
+def _rich_installed() -> bool:
+    """The live view needs rich, from the `cli` extra; without it the run logs status lines instead."""
+    try:
+        import rich  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def _live_console() -> Any:
     from rich import get_console  # the console `rich.live.Live` draws on, so logs scroll above the view
 
@@ -268,9 +284,9 @@ async def _run(args: argparse.Namespace, config: PoolConfig, live: bool) -> int:
     except PoolError as exc:
         log.error("run_failed", error=str(exc))
         return EXIT_FAILURE
-    except OSError as exc:  # the metrics port could not be bound
-        log.error("run_failed", error=f"--metrics-port {args.metrics_port}: {exc.strerror or exc}")
-        return EXIT_FAILURE
+    except ConfigError as exc:  # found only once serving began: the metrics port could not be bound
+        print(f"worker-pool: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     print(msgspec.json.format(msgspec.json.encode(status)).decode(), flush=True)
     return _exit_code(status, stop.forced, every_worker_busy=args.source == "simulated")
 
@@ -323,7 +339,7 @@ async def _serve(
     """Run the pool until the duration ends or a signal stops it; return its last status."""
     log = get_logger("pool.cli")
     pool = PersistentWorkerPool(config, snapshot_source=source.snapshots, on_resync=source.on_resync)
-    failure: PoolError | OSError | None = None
+    failure: PoolError | ConfigError | None = None
     # The signal watcher and the view outlive the pool's block, so a second SIGINT during its graceful
     # stop still forces it, and the view shows the stop. The metrics port is bound before any worker
     # starts, so a port in use fails the run at once.
@@ -347,7 +363,7 @@ async def _serve(
                     drained = anyio.move_on_after(config.shutdown_timeout)
                     with stop.drain, drained, contextlib.suppress(BrokenWorkerError):
                         await pool.flush()
-        except (PoolError, OSError) as exc:  # raised after the task groups, unwrapped: `_run` reports it
+        except (PoolError, ConfigError) as exc:  # raised after the task groups, unwrapped: `_run` reports it
             failure = exc
         tasks.cancel_scope.cancel()
     if failure is not None:
@@ -369,7 +385,14 @@ def _metrics_server(
         # On the server's thread: the pool is read on its own event loop, never halfway through a change.
         return portal.call(lambda: (pool.get_status(), pool.get_stats()))
 
-    with MetricsServer(read, args.metrics_host, args.metrics_port) as server:
+    try:
+        server = MetricsServer(read, args.metrics_host, args.metrics_port)
+    except OSError as exc:
+        raise ConfigError(
+            f"--metrics-port {args.metrics_port}: cannot listen on {args.metrics_host}:{args.metrics_port} "
+            f"({exc.strerror or exc}); choose a free port, or 0 for any free one"
+        ) from None
+    with server:
         yield server.port
 
 

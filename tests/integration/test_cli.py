@@ -193,6 +193,7 @@ def test_environment_beats_the_file_and_flags_beat_the_environment(
         [],
         ["run", "--rate", "0"],
         ["run", "--workers", "two"],
+        ["run", "--workers", "0"],
         ["run", "--metrics-port", "70000"],
         ["run", "--assets", "many"],
         ["run", "--ws-url", "ws://127.0.0.1:1"],
@@ -206,6 +207,8 @@ def test_bad_usage_exits_2(args: list[str]) -> None:
     done = subprocess.run([sys.executable, "-m", "pool", *args], capture_output=True, text=True, timeout=30)
     assert done.returncode == 2
     assert "worker-pool" in done.stderr and "error" in done.stderr
+    if args[1:2] == ["--workers"]:
+        assert "--workers" in done.stderr and "worker_count" not in done.stderr  # named as it was typed
 
 
 def test_the_console_script_is_installed() -> None:
@@ -294,9 +297,8 @@ def test_a_metrics_port_in_use_fails_the_run_with_a_clear_error(start_cli: Calla
         port = taken.getsockname()[1]
         run = start_cli("run", "--metrics-port", str(port), "--duration", "5", *QUICK)
         code, stdout = run.finish()
-    assert code == 1 and stdout == ""
-    failure = json.loads(next(line for line in run.lines if '"run_failed"' in line))
-    assert failure["error"].startswith(f"--metrics-port {port}: ")
+    assert code == 2 and stdout == ""
+    assert any(line.startswith(f"worker-pool: error: --metrics-port {port}: cannot listen") for line in run.lines)
 
 
 def test_status_of_nothing_listening_exits_1() -> None:
@@ -344,6 +346,32 @@ class Terminal:
             self.process.kill()
         self.process.wait(timeout=30)
         os.close(self._leader)
+
+
+@pytest.mark.timeout(60)
+def test_on_a_terminal_without_rich_the_run_logs_status_lines_and_says_why() -> None:
+    """rich comes with the `cli` extra: without it, a run on a terminal still works, logging status lines
+    and a hint naming the extra, and exits 0."""
+    leader, follower = pty.openpty()
+    hide_rich = (
+        "import sys; sys.modules['rich'] = None; from pool._service._cli import main; sys.exit(main(sys.argv[1:]))"
+    )
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", hide_rich, "run", "--duration", "2", *QUICK],
+            stdout=follower,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=50,
+            check=False,
+        )
+    finally:
+        os.close(follower)
+        os.close(leader)
+    assert done.returncode == 0, done.stderr[-2000:]
+    events = [json.loads(line)["event"] for line in done.stderr.splitlines() if line.startswith("{")]
+    assert "live_view_unavailable" in events and "pool_status" in events
+    assert "persistent-worker-pool[cli]" in done.stderr
 
 
 def last_view(text: str) -> str:

@@ -168,6 +168,17 @@ class TestBooksAreExact:
             for asset_id in market.asset_ids:
                 assert_book_equals_reference(pool.get_book(asset_id), reference)
 
+    def test_publishing_something_that_is_not_a_frame_says_what_publish_takes(self) -> None:
+        """publish(123) is a TypeError naming what publish takes; a bad item inside a list is named too, after
+        the frames before it were accepted."""
+        market = SyntheticMarket(4, seed=43)
+        with PersistentWorkerPool(config(worker_count=1)) as pool:
+            with pytest.raises(TypeError, match=r"publish takes a frame \(bytes or str.*an iterable of them; got int"):
+                pool.publish(123)  # type: ignore[arg-type]
+            with pytest.raises(TypeError, match=r"an item is a float: 1\.5"):
+                pool.publish([*market.snapshots(), 1.5])  # type: ignore[list-item]
+            assert pool.get_status().messages_published == len(market.asset_ids)
+
     def test_unknown_asset(self) -> None:
         with PersistentWorkerPool(config()) as pool, pytest.raises(UnknownAssetError, match="never received a `book`"):
             pool.get_book("123")

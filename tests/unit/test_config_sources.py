@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from pool._service._config_sources import ConfigError, load_config
+from tests.support import captured_logs
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -33,7 +34,7 @@ def test_environment_beats_the_file_and_flags_beat_both(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("worker_count = 0\n", r"pool\.toml: worker_count = 0: .*worker_count must be in \[1, 1024\]"),
+        ("worker_count = 0\n", r"pool\.toml: worker_count = 0: must be in \[1, 1024\]"),
         ('worker_count = "four"\n', r"worker_count = 'four': Expected `int`, got `str`"),
         ('memory_policy = "sometimes"\n', r"memory_policy = 'sometimes': .*'recycle', 'restart', 'callback'"),
         ("workers = 2\n", r"pool\.toml: unknown setting 'workers'; the settings are .*worker_count"),
@@ -45,16 +46,29 @@ def test_a_bad_file_value_names_the_key_the_value_and_the_rule(tmp_path: Path, t
         load_config(write(tmp_path, text))
 
 
-def test_a_bad_environment_value_names_the_variable_source() -> None:
-    with pytest.raises(ConfigError, match=r"environment: heartbeat_interval = '-1': .*must be in \(0, 3600\]"):
+def test_a_bad_environment_value_names_the_variable() -> None:
+    """The error names the variable as it was set, not the field."""
+    with pytest.raises(
+        ConfigError, match=r"environment: WORKER_POOL_HEARTBEAT_INTERVAL='-1': .*must be in \(0, 3600\]"
+    ):
         load_config(None, {"WORKER_POOL_HEARTBEAT_INTERVAL": "-1"})
-    with pytest.raises(ConfigError, match=r"WORKER_POOL_WORKERS names no setting; .*WORKER_POOL_WORKER_COUNT"):
-        load_config(None, {"WORKER_POOL_WORKERS": "2"})
+    with pytest.raises(ConfigError, match=r"environment: WORKER_POOL_WORKER_COUNT='four': Expected `int`"):
+        load_config(None, {"WORKER_POOL_WORKER_COUNT": "four"})
 
 
-def test_a_bad_flag_is_blamed_on_the_command_line() -> None:
-    with pytest.raises(ConfigError, match=r"command line: worker_count = 0: "):
-        load_config(None, {}, {"worker_count": 0})
+def test_an_unrelated_prefixed_variable_is_a_warning_not_an_error() -> None:
+    """WORKER_POOL_WORKERS names no setting: logged as a warning naming it and the settings, and ignored."""
+    with captured_logs() as logs:
+        config = load_config(None, {"WORKER_POOL_WORKERS": "2", "WORKER_POOL_MAX_RESTARTS": "3"})
+    assert config.max_restarts == 3
+    [warning] = [entry for entry in logs if entry["event"] == "unknown_setting_ignored"]
+    assert warning["log_level"] == "warning" and warning["variable"] == "WORKER_POOL_WORKERS"
+    assert "WORKER_POOL_WORKER_COUNT" in str(warning["hint"])
+
+
+def test_a_bad_flag_is_named_as_it_was_typed() -> None:
+    with pytest.raises(ConfigError, match=r"^command line: --workers 0: .*must be in \[1, 1024\]"):
+        load_config(None, {}, {"worker_count": 0}, flag_names={"worker_count": "--workers"})
 
 
 def test_a_missing_file_is_a_config_error(tmp_path: Path) -> None:
