@@ -1,7 +1,7 @@
 """persistent-worker-pool: live order books in long-lived worker processes, sharded by asset id.
 
 ``PersistentWorkerPool`` is imported on first use (PEP 562), so that a worker process, which imports
-``pool._worker._loop``, does not pay for the parent's machinery (anyio, the supervisor) it never runs.
+``pool._worker``, does not pay for the parent's machinery (anyio, the supervisor) it never runs.
 """
 
 import importlib

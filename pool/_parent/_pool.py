@@ -29,6 +29,7 @@ from pool._exceptions import PoolClosedError, PoolError, PoolTimeoutError, Unkno
 from pool.models import BookView, FeedStatus, PoolConfig, PoolState, PoolStatus, WorkerState, WorkerStats
 from pool.monitors import MemoryMonitor
 
+from ._changes import Changes
 from ._core import PoolCore
 from ._events import Listener
 from ._factories import HandlerFactory, prepare_factory
@@ -395,8 +396,10 @@ class PersistentWorkerPool:
     # ------------------------------------------------------------------------------------- internals
 
     @property
-    def _changes(self) -> Any:
-        return self._core.changes
+    def _changes(self) -> Changes:
+        changes = self._core.changes
+        assert changes is not None  # set before the pool runs; every caller has checked that it does
+        return changes
 
     def _running_publisher(self, method: str) -> Publisher:
         """The publisher of a running pool, starting the pool on first use (with a warning)."""

@@ -302,13 +302,8 @@ class Slot:
         self._running.set()
         self._changes.notify()
 
-    def abnormal_exit(self, window: float) -> int:
-        """Record an abnormal exit now; return how many fell within the last ``window`` seconds."""
-        now = time.monotonic()
-        self.abnormal_exits.append(now)
-        return self.recent_abnormal_exits(window)
-
     def recent_abnormal_exits(self, window: float) -> int:
+        """Abnormal exits within the last ``window`` seconds (older ones are forgotten)."""
         horizon = time.monotonic() - window
         while self.abnormal_exits and self.abnormal_exits[0] < horizon:
             self.abnormal_exits.popleft()

@@ -121,3 +121,12 @@ class ProcessStartingHandler:
 
 def process_starting_handler(marker: str, worker_id: int) -> ProcessStartingHandler:
     return ProcessStartingHandler(marker)
+
+
+class PrintingHandler:
+    """Prints one line per snapshot: it must reach the worker's stdout, which is the parent's."""
+
+    def on_snapshot(self, book: Any, event: Any) -> None:
+        # One write per line: two workers share the stdout, and with PYTHONUNBUFFERED a plain print writes
+        # the text and its newline separately, so lines of the two could interleave.
+        print(f"snapshot {book.asset_id}\n", end="", flush=True)

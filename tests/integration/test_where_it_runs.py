@@ -119,6 +119,26 @@ def test_without_configured_logging_nothing_reaches_stdout_or_stderr(tmp_path: P
     assert (result.stdout, result.stderr) == ("", "")
 
 
+def test_a_handlers_print_goes_to_the_workers_stdout(tmp_path: Path) -> None:
+    """The worker's stdout is the parent's (the channel is a socket, so a print cannot corrupt it)."""
+    program = (
+        "from pool import PersistentWorkerPool, PoolConfig\n"
+        "from pool._service._synthetic import SyntheticMarket\n"
+        "market = SyntheticMarket(6, seed=317)\n"
+        "with PersistentWorkerPool(PoolConfig(worker_count=2), "
+        "handler_factory='tests.integration.handlers:PrintingHandler') as pool:\n"
+        "    pool.publish(market.snapshots())\n"
+        "    pool.flush(timeout=30)\n"
+    )
+    root = Path(__file__).parents[2]
+    result = subprocess.run(
+        [sys.executable, "-c", program], cwd=root, capture_output=True, text=True, timeout=50, check=False
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    market = SyntheticMarket(6, seed=317)
+    assert sorted(result.stdout.splitlines()) == sorted(f"snapshot {asset_id}" for asset_id in market.asset_ids)
+
+
 def test_a_handler_may_start_a_process_of_its_own(tmp_path: Path) -> None:
     """Workers are not daemonic: a handler can start (and join) a multiprocessing child."""
     marker = tmp_path / "child-ran"
