@@ -17,7 +17,7 @@ from __future__ import annotations
 import enum
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from contextlib import AsyncExitStack
 from types import TracebackType
 from typing import Any, Self, TypeVar
@@ -110,8 +110,8 @@ class PersistentWorkerPool:
         self._mode = _Mode.NONE
         self._feeds: dict[str, Callable[[], FeedStatus]] = {}
         self._thread: LoopThread | None = None  # the loop's thread, under ``with``
-        # Under ``with``, while the pool runs: the publisher, for the one-frame fast path of `publish`.
-        self._sync_publisher: Publisher | None = None
+        # While the pool runs: the publisher, for the one-frame fast path of `publish`.
+        self._fast_publisher: Publisher | None = None
         self._exit_stack: AsyncExitStack | None = None  # the caller's task group, under ``async with``
         # Serialises starting and stopping the loop's thread: concurrent shutdowns (say, wait=False then
         # wait=True) stop it once; the later caller waits until the first has finished.
@@ -144,12 +144,14 @@ class PersistentWorkerPool:
             await stack.aclose()
             raise
         self._exit_stack = stack
+        self._fast_publisher = self._core.publisher
         return self
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         assert self._exit_stack is not None
+        self._fast_publisher = None
         # Shielded: a cancelled or failing block must still stop and reap every worker.
         with anyio.CancelScope(shield=True):
             await self._core.shutdown()
@@ -197,9 +199,10 @@ class PersistentWorkerPool:
                 workers is first given to the others, so their books miss nothing).
             PoolClosedError: the pool was shut down.
         """
-        fast = self._sync_publisher
+        fast = self._fast_publisher
         if fast is not None and type(data) is bytes and fast.push_frame(data):
-            return None  # one frame from a sync caller, the common case: no call object, no wait
+            # One frame, the common case of a feed loop: no call object, no wait.
+            return _DONE if self._mode is _Mode.ASYNC else None
         publisher = self._running_publisher("publish")
         call = PublishCall(data, timeout)
         if self._mode is _Mode.ASYNC:
@@ -317,6 +320,7 @@ class PersistentWorkerPool:
         the stop is requested and this returns at once.
         """
         if self._mode is _Mode.ASYNC:
+            self._fast_publisher = None
             return self._core.shutdown()
         if self._mode is _Mode.SYNC:
             if not wait:
@@ -440,14 +444,14 @@ class PersistentWorkerPool:
             thread = LoopThread()
             thread.start(self._core.serve)
             self._thread = thread
-            self._sync_publisher = self._core.publisher
+            self._fast_publisher = self._core.publisher
 
     def _stop_sync(self) -> None:
         with self._lifecycle_lock:
             thread = self._thread
             if thread is None:
                 return
-            self._sync_publisher = None
+            self._fast_publisher = None
             try:
                 thread.call(self._core.shutdown)
             finally:
@@ -474,6 +478,17 @@ def _book_of(reply: Reply, slot: Slot, asset_id: str) -> BookView:
     if reply.book is None:
         raise UnknownAssetError(asset_id, slot.worker_id)
     return reply.book
+
+
+class _Done:
+    """An awaitable that is already done: what the one-frame fast path of `publish` returns under ``async
+    with``. One shared instance, since awaiting it changes nothing (it never yields to the loop)."""
+
+    def __await__(self) -> Iterator[None]:
+        return iter(())
+
+
+_DONE = _Done()
 
 
 async def _ready(value: T) -> T:
