@@ -125,7 +125,7 @@ class Publisher:
         slot = self._slots[self._route[ids.asset_id]]
         if slot.published - slot.applied >= self._limit or slot.broken is not None:
             return False
-        if slot.append(frame):
+        if slot.append(frame) or self._waker.on_loop():
             self._wake(slot)
         return True
 
@@ -143,6 +143,7 @@ class Publisher:
         """
         slots, route, limit, slots_of = self._slots, self._route, self._limit, self._slots_of
         decode_ids = _route_decoder.decode
+        always_wake = self._waker.on_loop()  # a wake-up on the loop's own thread costs next to nothing
         touched: set[Slot] = set()
         live: dict[Slot, list[str]] = {}
         accepted = rejected = unroutable = adjust = 0
@@ -171,7 +172,7 @@ class Publisher:
                             call.held = frame
                             outcome = slot
                             break
-                    if slot.append(frame):  # the slot was idle (see `_wake`)
+                    if slot.append(frame) or always_wake:  # the slot was idle (see `_wake`)
                         touched.add(slot)
                     if ids.event_type != "price_change" and ids.is_book and slot.note_book(ids.asset_id):
                         live.setdefault(slot, []).append(ids.asset_id)
@@ -191,7 +192,7 @@ class Publisher:
                         outcome = full
                         break
                     for slot in working:
-                        if slot.append(frame):
+                        if slot.append(frame) or always_wake:
                             touched.add(slot)
                     for slot, asset_id in books:
                         if slot.broken is None and slot.note_book(asset_id):
@@ -266,10 +267,12 @@ class Publisher:
     def _wake(self, slot: Slot) -> None:
         """Have the loop run ``slot``'s writer.
 
-        Frames are only woken for when the slot was idle (its only unapplied frame is the new one): while
+        On the loop's thread (``async with``) every push wakes the writer: that costs an event, and sends each
+        burst at once. From another thread (``with``) a wake-up costs a syscall and hands the loop the GIL,
+        so the writer is woken only when its slot was idle (its only unapplied frame is the new one): while
         frames are in flight, the worker's acknowledgement wakes the writer for whatever queued meanwhile
         (`WorkerProcess` does), so a burst of one-frame publishes costs one wake-up per round trip, not one
-        per frame, and travels in batches. A sync caller thus rarely hands the loop the GIL.
+        per frame, and travels in batches.
         """
         if not slot.wake_requested:
             slot.wake_requested = True
