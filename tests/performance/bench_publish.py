@@ -17,7 +17,6 @@ the messages: the figure that projects to a machine with more cores.
 
 from __future__ import annotations
 
-import argparse
 import time
 from collections.abc import Callable
 
@@ -25,8 +24,7 @@ import anyio
 import psutil
 
 from pool import PersistentWorkerPool, PoolConfig
-from pool._service._synthetic import SyntheticMarket
-from tests.performance.bench_throughput import run_queue
+from tests.performance.bench_throughput import run_queue, workload
 
 _CHUNK = 2_000
 
@@ -94,15 +92,7 @@ def run_async(snapshots: list[bytes], updates: list[bytes], workers: int) -> tup
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--messages", type=int, default=100_000)
-    parser.add_argument("--books", type=int, default=1_000)
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--repeat", type=int, default=3)
-    args = parser.parse_args(argv)
-
-    market = SyntheticMarket(args.books, seed=43)
-    snapshots, updates = market.snapshots(), list(market.updates(args.messages))
+    args, snapshots, updates = workload(argv, __doc__, messages=100_000, seed=43)
     cpu: dict[str, _Cpu] = {}
 
     def timed(name: str, run: Callable[[], tuple[float, _Cpu]]) -> float:

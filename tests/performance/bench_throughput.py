@@ -245,16 +245,23 @@ def _commit() -> str:
         return "unknown"
 
 
-def main(argv: list[str] | None = None) -> dict[str, float]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--messages", type=int, default=200_000)
+def workload(
+    argv: list[str] | None, doc: str | None, *, messages: int, seed: int
+) -> tuple[argparse.Namespace, list[bytes], list[bytes]]:
+    """The flags the pool-against-baseline benchmarks share, and the synthetic market's frames they ask for:
+    (arguments, snapshots, updates)."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--messages", type=int, default=messages)
     parser.add_argument("--books", type=int, default=1_000)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args(argv)
+    market = SyntheticMarket(args.books, seed=seed)
+    return args, market.snapshots(), list(market.updates(args.messages))
 
-    market = SyntheticMarket(args.books, seed=42)
-    snapshots, updates = market.snapshots(), list(market.updates(args.messages))
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    args, snapshots, updates = workload(argv, __doc__, messages=200_000, seed=42)
     mean_bytes = statistics.fmean(len(frame) for frame in updates)
     shares: list[float] = []
     designs: dict[str, Callable[[], float]] = {
