@@ -130,3 +130,19 @@ class PrintingHandler:
         # One write per line: two workers share the stdout, and with PYTHONUNBUFFERED a plain print writes
         # the text and its newline separately, so lines of the two could interleave.
         print(f"snapshot {book.asset_id}\n", end="", flush=True)
+
+
+def _refuse_to_load(name: str) -> Any:
+    raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+
+
+class Unloadable:
+    """Pickles fine in the parent and fails to unpickle in a worker, like a factory whose module the worker
+    cannot import."""
+
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        return _refuse_to_load, ("gone",)
+
+
+def handler_with(resource: Any, worker_id: int) -> None:
+    return None

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from pool import PersistentWorkerPool, PoolConfig, PoolError
+from pool import PersistentWorkerPool, PoolConfig, PoolError, WorkerStartupError
 from pool._service._synthetic import SyntheticMarket
 from pool.models import PoolState
 from tests.integration import handlers
@@ -175,6 +175,22 @@ class TestFactories:
         with pytest.raises(TypeError, match=r"must take no argument or one \(the worker id\)"):
             PersistentWorkerPool(PoolConfig(worker_count=1), handler_factory=lambda a, b: None)  # type: ignore[arg-type]
         assert child_pids() == before
+
+
+def test_a_factory_a_worker_cannot_load_is_one_error_that_says_what_to_do(capfd: pytest.CaptureFixture[str]) -> None:
+    """A factory that unpickles in no worker: one WorkerStartupError naming the cause and the fix, with the
+    worker's traceback as its cause; no traceback per worker on stderr, and nothing left running."""
+    before = child_pids()
+    factory = functools.partial(handlers.handler_with, handlers.Unloadable())
+    pool = PersistentWorkerPool(PoolConfig(worker_count=2), handler_factory=factory)
+    with pytest.raises(WorkerStartupError) as caught, pool:
+        pytest.fail("the pool must not start")
+    message = str(caught.value)
+    assert "could not load its handler factory (ModuleNotFoundError: No module named 'gone')" in message
+    assert "make it importable there" in message
+    assert "_refuse_to_load" in str(caught.value.__cause__)
+    assert child_pids() == before
+    assert capfd.readouterr().err == ""
 
 
 class _Marker:
