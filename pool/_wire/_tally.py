@@ -9,6 +9,7 @@ and the fields of the first.
 
 from __future__ import annotations
 
+import math
 import time
 
 from ._protocol import LogTally
@@ -43,9 +44,9 @@ class Tally:
             entry.count += count
 
     def due_in(self, now: float | None = None) -> float:
-        """Seconds until `release` gives something (0.0 if it would now; the interval if nothing is pending)."""
+        """Seconds until `release` gives something (0.0 if it would now; infinity if nothing is pending)."""
         if not self._pending:
-            return self._interval
+            return math.inf
         now = time.monotonic() if now is None else now
         return max(0.0, self._last_release + self._interval - now)
 

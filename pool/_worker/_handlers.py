@@ -36,9 +36,6 @@ class HandlerTable:
                 if callable(method):
                     self.callbacks[event_type] = method
 
-    def __bool__(self) -> bool:
-        return bool(self.callbacks)
-
     def call(self, event: Any, books: list[OrderBook]) -> None:
         """Run the callback for ``event``'s type (if any) on each of ``books``."""
         callback = self.callbacks.get(type(event))

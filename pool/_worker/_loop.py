@@ -155,7 +155,8 @@ class WorkerLoop:
         """
         started = time.perf_counter_ns()
         apply = self._store.apply
-        handlers = self._handlers
+        # None without callbacks, so the per-event test is a C-level identity check, not a method call.
+        call_handler = self._handlers.call if self._handlers.callbacks else None
         for frame in frames:
             try:
                 events = decode_frame(frame)
@@ -174,8 +175,8 @@ class WorkerLoop:
                     self._snapshots += 1
                 else:
                     self._updates += len(books)
-                if handlers:
-                    handlers.call(event, books)
+                if call_handler is not None:
+                    call_handler(event, books)
         elapsed = time.perf_counter_ns() - started
         self._busy_ns += elapsed
         self._batch_buckets[bisect_left(BATCH_SECONDS_BOUNDS, elapsed / 1e9)] += 1

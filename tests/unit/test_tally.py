@@ -20,6 +20,7 @@ class TestTally:
         assert entries["frame_rejected"].count == 500 and entries["frame_rejected"].example == {"reason": "later 0"}
         assert entries["handler_failed"].count == 3
         assert not tally and tally.release(now=200.0) == []
+        assert tally.due_in(now=200.0) == float("inf")  # nothing pending: a worker waits for its heartbeat
 
     def test_force_releases_everything_now(self) -> None:
         tally = Tally(interval=60.0)
