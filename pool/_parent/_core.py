@@ -13,7 +13,7 @@ import time
 import anyio
 import anyio.abc
 
-from pool._exceptions import BrokenWorkerError, PoolClosedError, WorkerStartupError
+from pool._exceptions import PoolClosedError, WorkerStartupError
 from pool._wire._protocol import Stop
 from pool._wire._routing import Router
 from pool._wire._tally import LOG_INTERVAL
@@ -181,7 +181,7 @@ class PoolCore:
                 slot.close(Stop())
                 draining.append(slot.process)
             elif slot.state is WorkerState.RECOVERING:
-                self._abandon(slot)  # nothing to drain: its replacement never took over
+                slot.stopped("stopped while recovering")  # nothing to drain: a replacement never took over
         with anyio.move_on_after(self.config.shutdown_timeout):
             for process in draining:
                 await process.exited.wait()
@@ -196,34 +196,13 @@ class PoolCore:
             "pool_stopped", seconds=round(time.monotonic() - begun, 3), forced=[p.worker_id for p in stubborn]
         )
 
-    def _abandon(self, slot: Slot) -> None:
-        """Stop a slot that is between processes (its replacement, if started, is reaped with the rest)."""
-        slot.state = WorkerState.STOPPED
-        slot.last_exit_reason = ExitReason.SHUTDOWN
-        pid = slot.process.pid if slot.process is not None else None
-        slot.fail(
-            BrokenWorkerError(
-                f"worker {slot.worker_id} was stopped while recovering", worker_id=slot.worker_id, pid=pid
-            )
-        )
-
     def _settle(self, slot: Slot) -> None:
         """Record the end of a slot whose process was reaped by the pool's last step (it ignored SIGTERM)."""
         process = slot.process
         if process is None or process.exited.is_set() or process.exit_code is None:
             return  # its watcher recorded the exit, or it never started
         slot.exit_code = process.exit_code
-        slot.last_exit_reason = ExitReason.SHUTDOWN
-        if slot.state in (WorkerState.RUNNING, WorkerState.STOPPING):
-            slot.state = WorkerState.STOPPED
-        if slot.broken is None:
-            slot.fail(
-                BrokenWorkerError(
-                    f"worker {slot.worker_id} (pid {process.pid}) was killed with the pool",
-                    worker_id=slot.worker_id,
-                    pid=process.pid,
-                )
-            )
+        slot.stopped("killed with the pool")
 
     def _record_rate(self) -> None:
         self.rate.record(sum(slot.applied for slot in self.slots))

@@ -99,14 +99,24 @@ class MemoryWatch:
             self._on_sample()
             await anyio.sleep(self._config.memory_check_interval)
 
+    async def give_back(self, slot: Slot, timeout: float | None) -> bool:
+        """Have ``slot``'s worker give memory back (behind what it was already sent); True once it has,
+        False if ``timeout`` passed first.
+
+        Raises:
+            BrokenWorkerError: the slot has been given up.
+        """
+        reply = slot.request(Trim)
+        slot.wake()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        return await self._changes.wait_async(lambda: reply.done, deadline)
+
     async def _relieve(self, slot: Slot, info: MemoryInfo) -> None:
         try:
             try:
-                reply = slot.request(Trim)
+                await self.give_back(slot, _TRIM_TIMEOUT)
             except BrokenWorkerError:
                 return  # given up meanwhile: nothing left to relieve
-            slot.wake()
-            await self._changes.wait_async(lambda: reply.done, time.monotonic() + _TRIM_TIMEOUT)
             process = slot.process
             again = self._monitor.sample(slot.worker_id, info.pid, info.books)
             if again is None or process is None or again.pid != process.pid:

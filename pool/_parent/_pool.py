@@ -121,12 +121,7 @@ class PersistentWorkerPool:
 
     def __enter__(self) -> Self:
         self._require_created("enter `with`")
-        if _in_event_loop():
-            raise PoolError(
-                "`with PersistentWorkerPool(...)` inside a running event loop would block that loop on every "
-                "wait; use `async with PersistentWorkerPool(...) as pool:` there (the waiting methods are then "
-                "coroutines), or run the sync code in a thread (anyio.to_thread.run_sync). Nothing was started"
-            )
+        self._refuse_in_event_loop("`with PersistentWorkerPool(...)`")
         self._start_sync()
         return self
 
@@ -175,7 +170,7 @@ class PersistentWorkerPool:
             self._start_sync()
             return None
         self._core.check_running()
-        return _ready(None) if self._mode is _Mode.ASYNC else None
+        return _DONE if self._mode is _Mode.ASYNC else None
 
     def publish(self, data: Publishable, *, timeout: float | None = None) -> Any:
         """Send market data to the workers that own it, in order.
@@ -330,7 +325,7 @@ class PersistentWorkerPool:
             return None
         if self._core.state is PoolState.CREATED:
             self._core.state = PoolState.STOPPED
-        return _ready(None) if _in_event_loop() else None
+        return _DONE if _in_event_loop() else None
 
     def get_status(self) -> PoolStatus:
         """The pool at a glance, from state the parent already holds: never waits on a worker."""
@@ -465,10 +460,12 @@ class PersistentWorkerPool:
             )
 
     def _refuse_in_event_loop(self, what: str) -> None:
+        """The sync form's waits would block a running event loop: say what to use instead, start nothing."""
         if _in_event_loop():
             raise PoolError(
-                f"{what} inside a running event loop: use `async with PersistentWorkerPool(...) as pool:`, "
-                "which runs the pool on this loop; nothing was started"
+                f"{what} inside a running event loop would block that loop on every wait: use `async with "
+                "PersistentWorkerPool(...) as pool:` there (the waiting methods are then coroutines), or run the "
+                "sync code in a thread (anyio.to_thread.run_sync). Nothing was started"
             )
 
 
@@ -481,8 +478,9 @@ def _book_of(reply: Reply, slot: Slot, asset_id: str) -> BookView:
 
 
 class _Done:
-    """An awaitable that is already done: what the one-frame fast path of `publish` returns under ``async
-    with``. One shared instance, since awaiting it changes nothing (it never yields to the loop)."""
+    """An awaitable that is already done, of ``None``: what a method with nothing to wait for (the one-frame
+    fast path of `publish`, `start` on a running pool) returns under ``async with``. One shared instance,
+    since awaiting it changes nothing (it never yields to the loop)."""
 
     def __await__(self) -> Iterator[None]:
         return iter(())

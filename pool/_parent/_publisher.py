@@ -113,7 +113,11 @@ class Publisher:
 
     def push_frame(self, frame: bytes) -> bool:
         """Queue one frame if it is the common case (one asset, not a book, its slot has room): True if it
-        was queued; False leaves it to `push`. The fast path of a user who publishes frame by frame."""
+        was queued; False leaves it to `push`. The fast path of a user who publishes frame by frame.
+
+        Its checks are those of the one-asset branch inlined in `push`, on purpose: `push` calling this per
+        frame would add a call to the batch path, the hottest loop of the parent.
+        """
         try:
             ids = _route_decoder.decode(frame)
         except msgspec.DecodeError:

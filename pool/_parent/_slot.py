@@ -292,6 +292,16 @@ class Slot:
         """Return once the slot runs a process again, or has been given up."""
         await self._running.wait()
 
+    def stopped(self, how: str) -> None:
+        """The slot ended with the pool (its process "was ``how``"): calls waiting on it raise, saying so."""
+        pid = self.process.pid if self.process is not None else None
+        self.state = WorkerState.STOPPED
+        self.last_exit_reason = ExitReason.SHUTDOWN
+        if self.broken is None:
+            self.fail(
+                BrokenWorkerError(f"worker {self.worker_id} (pid {pid}) was {how}", worker_id=self.worker_id, pid=pid)
+            )
+
     def fail(self, error: BrokenWorkerError) -> None:
         """Give the slot up: every call waiting on it, now or later, raises ``error``."""
         with self._lock:

@@ -142,14 +142,7 @@ class Supervisor:
         slot.exit_code = process.exit_code
         slot.last_exit_reason = reason
         if stopping:
-            slot.state = WorkerState.STOPPED
-            slot.fail(
-                BrokenWorkerError(
-                    f"worker {slot.worker_id} (pid {process.pid}) was stopped with the pool",
-                    worker_id=slot.worker_id,
-                    pid=process.pid,
-                )
-            )
+            slot.stopped("stopped with the pool")
         else:
             slot.recovering()
         self._emit(

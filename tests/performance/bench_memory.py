@@ -28,7 +28,6 @@ import psutil
 
 from pool import PersistentWorkerPool, PoolConfig
 from pool._service._synthetic import SyntheticMarket
-from pool._wire._protocol import Trim
 
 _MB = 1024 * 1024
 _LEVELS_PER_SIDE = 99  # a window wider than the grid: every tick but the mid, 98 levels a book
@@ -82,16 +81,8 @@ def measure_baseline(snapshots: list[bytes]) -> float:
 def _trim_worker(pool: PersistentWorkerPool) -> None:
     """Have worker 0 give memory back (as the memory watch does before it acts), and wait until it has."""
     core = pool._core
-    slot = core.slots[0]
-
-    async def trim() -> None:
-        reply = slot.request(Trim)
-        slot.wake()
-        assert core.changes is not None
-        await core.changes.wait_async(lambda: reply.done, None)
-
-    assert pool._thread is not None
-    pool._thread.call(trim)
+    assert pool._thread is not None and core.memory_watch is not None
+    pool._thread.call(core.memory_watch.give_back, core.slots[0], None)
 
 
 def measure_pool(snapshots: list[bytes]) -> tuple[float, float, float, int]:
