@@ -33,9 +33,20 @@ class SyntheticMarket:
         seed: makes the stream reproducible.
         skew: Zipf exponent of asset popularity; 0 is uniform.
         levels: price levels per side in each initial book.
+        books_after_trades: follow every trade with the asset's fresh `book`, as the exchange does ("when
+            there is a trade that affects the book"); off by default, so a stream keeps its books' state
+            (a stale mark, say) for the tests that watch it.
     """
 
-    def __init__(self, assets: int, *, seed: int = 0, skew: float = 1.0, levels: int = _LEVELS_PER_SIDE) -> None:
+    def __init__(
+        self,
+        assets: int,
+        *,
+        seed: int = 0,
+        skew: float = 1.0,
+        levels: int = _LEVELS_PER_SIDE,
+        books_after_trades: bool = False,
+    ) -> None:
         if assets < 1:
             raise ValueError(f"assets must be at least 1, got {assets}")
         self._random = random.Random(seed)
@@ -46,6 +57,7 @@ class SyntheticMarket:
         self._twin.update({b: a for a, b in self._twin.items()})
         self._mid = {asset_id: self._random.randint(20, 80) for asset_id in self.asset_ids}
         self._levels = levels
+        self._books_after_trades = books_after_trades
         # The true books: asset -> (bids, asks), each price in hundredths -> size string.
         self._books: dict[str, tuple[dict[int, str], dict[int, str]]] = {a: ({}, {}) for a in self.asset_ids}
         weights = [1.0 / (rank**skew) for rank in range(1, count + 1)]
@@ -94,9 +106,12 @@ class SyntheticMarket:
 
     def updates(self, count: int) -> Iterator[bytes]:
         """``count`` frames after the snapshots: 90% one-level ``price_change``, the rest the other shapes,
-        trades and the odd tick-size change, on Zipf-chosen assets."""
+        trades (each followed by its asset's `book` with ``books_after_trades``) and the odd tick-size change,
+        on Zipf-chosen assets."""
         rnd = self._random
-        for _ in range(count):
+        sent = 0
+        while sent < count:
+            sent += 1
             asset_id = rnd.choices(self.asset_ids, cum_weights=self._cumulative)[0]
             roll = rnd.random()
             if roll < 0.90:
@@ -107,6 +122,9 @@ class SyntheticMarket:
                 yield self._price_change_v2(asset_id)
             elif roll < 0.999:
                 yield self._trade(asset_id)
+                if self._books_after_trades and sent < count:
+                    sent += 1
+                    yield self.snapshot(asset_id, self._now())
             else:
                 yield self._tick_size_change(asset_id)
 
