@@ -5,7 +5,7 @@ Nothing here starts a process or imports the pool, so worker processes and tools
 
 import contextlib
 
-from ._book import BookStore, OrderBook, format_units, parse_units
+from ._book import BookStore, OrderBook, format_decimal, parse_decimal
 from ._config import PoolConfig
 from ._messages import (
     BookEvent,
@@ -66,8 +66,8 @@ __all__ = [
     "WorkerStats",
     "WorkerStatus",
     "decode_frame",
-    "format_units",
-    "parse_units",
+    "format_decimal",
+    "parse_decimal",
 ]
 
 for _name in __all__:

@@ -1,13 +1,18 @@
-"""Order-book state: exact decimal levels in compact fixed-point arrays, and a per-worker store of books.
+"""Order-book state: exact decimal levels in compact sorted sides, and a per-worker store of books.
 
-Why fixed point in ``array('q')``: a level held as two Python objects in a dict costs about 110 bytes; two
-machine integers in sorted arrays cost 16. Prices and sizes arrive as decimal strings, so each is parsed
-once into an integer count of 1e-8 units, which is exact for every value the exchange can send (prices
-have at most 4 decimals, sizes at most 6) and makes "0.5" and "0.50" the same level by construction.
-A value with more than 8 decimals or beyond the int64 range is rejected with `MessageError`, never rounded.
+Why doubles: every decimal of at most 15 significant digits (C's ``DBL_DIG``) has a double of its own, and
+the shortest text that reads back as that double (``repr``) is that decimal again. So a level kept as a
+double *is* the exact decimal: "0.5" and "0.50" are one level by construction, and order and equality are
+the decimals' own. A value with more significant digits would be rounded, so it is rejected with
+`MessageError` instead. That covers every value the exchange sends (prices have at most 4 decimals, sizes
+at most 6), and the parsing runs in C: ``float()`` for one value, msgspec for a snapshot's sizes at once.
 
-Both sides are kept price-ascending; the best bid is the last bid and the best ask the first ask. With
-about a hundred levels per side, ``bisect`` plus a short ``memmove`` beats any tree or dict.
+Why this layout: a level held as two Python objects in a dict costs about 110 bytes. Here a side is a list
+of prices, whose float objects are the price cache's own and so shared by every book of the worker (a
+0.01 grid has 99 prices), and an ``array('d')`` of sizes: 16 bytes a level. The list makes ``bisect``
+compare floats without creating any; with about a hundred levels a side, ``bisect`` plus a short
+``memmove`` beats any tree or dict. Both sides are price-ascending; the best bid is the last bid and the
+best ask the first ask.
 """
 
 from __future__ import annotations
@@ -16,6 +21,11 @@ import sys
 from array import array
 from bisect import bisect_left
 from collections.abc import Callable
+from itertools import islice
+from operator import attrgetter
+from typing import cast
+
+import msgspec
 
 from ._messages import (
     BookEvent,
@@ -30,59 +40,123 @@ from ._messages import (
 )
 from ._status import BookView, Trade
 
-__all__ = ["BookStore", "OrderBook", "format_units", "parse_units"]
+__all__ = ["BookStore", "OrderBook", "format_decimal", "parse_decimal"]
 
-_DECIMALS = 8
-_SCALE = 10**_DECIMALS
-_MAX_UNITS = 2**63 - 1
-_POW = [10 ** (_DECIMALS - n) for n in range(_DECIMALS + 1)]
+# Significant digits a double holds exactly (DBL_DIG). A text no longer than this cannot have more, which
+# is the whole exactness check on the fast path; longer texts ("1.500000000000000") are counted digit by
+# digit, and texts longer than _MAX_TEXT are refused unread (a 5,000-digit "size" costs nothing).
+_MAX_DIGITS = 15
+_MAX_TEXT = 64
+_DECIMAL_CHARS = "0123456789."
 
 # Parsed prices, shared by all books of a worker. Prices repeat endlessly (at most a few thousand
-# distinct strings on a 0.001 grid), so a hit saves most of a parse. Bounded so a feed of ever-new values
-# cannot grow it; the whole cache is dropped when it fills (about 130 bytes per entry). Sizes are not
-# cached: they rarely repeat, and misses would only evict prices.
+# distinct strings on a 0.001 grid), so a hit saves a parse and the range check, and every book's levels
+# hold the same float objects. Bounded so a feed of ever-new values cannot grow it; the whole cache is
+# dropped when it fills (about 130 bytes per entry). Sizes are not cached: they rarely repeat.
 _PRICE_CACHE_SIZE = 16_384
-_price_cache: dict[str, int] = {}
+_price_cache: dict[str, float] = {}
+
+_price_text = attrgetter("price")
+_size_text = attrgetter("size")
+# A snapshot side's sizes, joined with commas and bracketed, are a JSON array of numbers: one C call parses
+# them all. JSON numbers are a subset of our decimals (no ".48", "007" or "1."); those take the slow way.
+_numbers = msgspec.json.Decoder(list[float])
+_SIZE_LIST_BYTES = b"0123456789.,"
 
 
-def parse_units(text: str) -> int:
-    """Parse a non-negative decimal string ("0.514", ".48", "10500100") into an exact count of 1e-8.
+def parse_decimal(text: str) -> float:
+    """Parse a non-negative decimal string ("0.514", ".48", "10500100") into the double that is exactly it.
 
     Raises:
-        MessageError: ``text`` is not a plain non-negative decimal, has more than 8 significant decimals,
-            or is too large for a 64-bit level.
+        MessageError: ``text`` is not a plain non-negative decimal (digits and at most one point), or it
+            has more than 15 significant digits, which a double cannot hold exactly.
     """
-    whole, _, frac = text.partition(".")
-    if len(frac) > _DECIMALS:
-        frac = frac.rstrip("0")  # "1.500000000000" is exact; only significant decimals count
-    digits = whole + frac
-    if not digits.isdigit() or not digits.isascii() or len(frac) > _DECIMALS:
-        raise MessageError(f"{text!r} is not a non-negative decimal with at most {_DECIMALS} decimals")
-    units: int = int(digits) * _POW[len(frac)]
-    if units > _MAX_UNITS:
-        raise MessageError(f"{text!r} is too large for a book level (at most {_MAX_UNITS // _SCALE})")
-    return units
+    # str.strip removes allowed characters from both ends and stops at the first other one, so anything
+    # left over is a character that is not a digit or a point ("-", "e", "_", " ", "inf", "٣").
+    if len(text) <= _MAX_DIGITS and not text.strip(_DECIMAL_CHARS):
+        try:
+            return float(text)
+        except ValueError:
+            pass  # "", ".", "1.2.3": said precisely below
+    return _parse_decimal_checked(text)
 
 
-def _parse_price(text: str) -> int:
-    units = _price_cache.get(text)
-    if units is not None:
-        return units
-    units = parse_units(text)
-    if not 0 < units < _SCALE:
+def _parse_decimal_checked(text: str) -> float:
+    """`parse_decimal` for the texts its one-line check does not settle: long ones and malformed ones."""
+    if len(text) > _MAX_TEXT:
+        raise MessageError(f"{text[:20]!r}... ({len(text)} characters) is too long for a decimal")
+    whole, _, fraction = text.partition(".")
+    if not (whole + fraction).isdigit() or not text.isascii():
+        raise MessageError(f"{text!r} is not a non-negative decimal (digits and at most one point)")
+    significant = len((whole + fraction.rstrip("0")).strip("0"))
+    if significant > _MAX_DIGITS:
+        raise MessageError(
+            f"{text!r} has {significant} significant digits; a book level holds at most {_MAX_DIGITS} exactly"
+        )
+    return float(text)
+
+
+def _parse_price(text: str) -> float:
+    price = _price_cache.get(text)
+    if price is not None:
+        return price
+    price = parse_decimal(text)
+    if not 0 < price < 1:
         raise MessageError(f"price {text!r} is outside (0, 1); Polymarket prices are probabilities")
     if len(_price_cache) >= _PRICE_CACHE_SIZE:
         _price_cache.clear()
-    _price_cache[text] = units
-    return units
+    _price_cache[text] = price
+    return price
 
 
-def format_units(units: int) -> str:
-    """Format a count of 1e-8 as the shortest exact decimal string ("0.5", "1858.79", "100")."""
-    whole, frac = divmod(units, _SCALE)
-    if not frac:
-        return str(whole)
-    return f"{whole}.{frac:0{_DECIMALS}d}".rstrip("0")
+def _parse_sizes(texts: list[str]) -> list[float]:
+    """`parse_decimal` of every text, in one msgspec call when the same checks pass for all of them."""
+    joined = ",".join(texts)
+    # One table lookup a character (bytes.translate) says every text is digits and points, as
+    # `parse_decimal`'s strip does for one; it is a tenth of the cost of str.strip over the joined text.
+    if (
+        joined.isascii()
+        and not joined.encode().translate(None, _SIZE_LIST_BYTES)
+        and max(map(len, texts), default=0) <= _MAX_DIGITS
+    ):
+        try:
+            return _numbers.decode(f"[{joined}]")
+        except msgspec.DecodeError:
+            pass  # a decimal JSON does not allow, or a malformed one: each is parsed (or refused) below
+    return list(map(parse_decimal, texts))
+
+
+def format_decimal(value: float) -> str:
+    """Format a level's number as the shortest exact decimal string ("0.5", "1858.79", "100", "0.00001")."""
+    text = repr(value)
+    if "e" in text:  # repr writes 1e-05 and 1e+16; the wire never does
+        from decimal import Decimal  # rare: keep the import out of every worker's start
+
+        text = format(Decimal(text), "f")
+    return text[:-2] if text.endswith(".0") else text
+
+
+def _parse_side(levels: list[Level], descending: bool) -> tuple[list[float], array[float]]:
+    """A snapshot side as (prices ascending, sizes), zero sizes dropped; of equal prices the last counts.
+
+    A whole side at a time, in C: ``map`` over the texts and one msgspec call for the sizes. Only a side
+    that is out of order, repeats a price or lists an empty level pays for a dict.
+    """
+    price_texts = list(map(_price_text, levels))
+    cached = list(map(_price_cache.get, price_texts))
+    prices = list(map(_parse_price, price_texts)) if None in cached else cast("list[float]", cached)
+    sizes = _parse_sizes(list(map(_size_text, levels)))
+    if descending:
+        prices.reverse()
+        sizes.reverse()
+    if all(map(float.__lt__, prices, islice(prices, 1, None))) and 0.0 not in sizes:
+        return prices, array("d", sizes)  # the exchange's order, every price once, no empty level
+    if descending:  # back to wire order, so that of equal prices the last one sent counts
+        prices.reverse()
+        sizes.reverse()
+    by_price = dict(zip(prices, sizes, strict=True))
+    ordered = [price for price in sorted(by_price) if by_price[price]]
+    return ordered, array("d", map(by_price.__getitem__, ordered))
 
 
 class OrderBook:
@@ -112,19 +186,17 @@ class OrderBook:
         self.tick_size: str | None = None
         self.last_trade: Trade | None = None
         self.floor: int | None = None  # updates older than a recovery snapshot are already inside it
-        self._bid_prices = array("q")
-        self._bid_sizes = array("q")
-        self._ask_prices = array("q")
-        self._ask_sizes = array("q")
+        self._bid_prices: list[float] = []
+        self._bid_sizes = array("d")
+        self._ask_prices: list[float] = []
+        self._ask_sizes = array("d")
 
     def apply_snapshot(self, event: BookEvent) -> None:
         """Replace the whole book with ``event``'s levels; a level it does not list no longer exists."""
-        bids = _parse_levels(event.bids)
-        asks = _parse_levels(event.asks)
-        self._bid_prices = array("q", bids)
-        self._bid_sizes = array("q", bids.values())
-        self._ask_prices = array("q", asks)
-        self._ask_sizes = array("q", asks.values())
+        bid_prices, bid_sizes = _parse_side(event.bids, descending=False)
+        ask_prices, ask_sizes = _parse_side(event.asks, descending=True)
+        self._bid_prices, self._bid_sizes = bid_prices, bid_sizes
+        self._ask_prices, self._ask_sizes = ask_prices, ask_sizes
         if event.market:
             self.market = event.market
         if event.tick_size is not None:
@@ -137,10 +209,10 @@ class OrderBook:
 
     def apply_price_change(self, side: Side, price: str, size: str, timestamp: int | None = None) -> None:
         """Set the absolute size of one level; size zero removes it."""
-        self.set_level(side, _parse_price(price), parse_units(size), timestamp)
+        self.set_level(side, _parse_price(price), parse_decimal(size), timestamp)
 
-    def set_level(self, side: Side, price: int, size: int, timestamp: int | None = None) -> None:
-        """`apply_price_change` for values already parsed with `parse_units` (the worker's hot path)."""
+    def set_level(self, side: Side, price: float, size: float, timestamp: int | None = None) -> None:
+        """`apply_price_change` for values already parsed with `parse_decimal` (the worker's hot path)."""
         if side == "BUY":
             prices, sizes = self._bid_prices, self._bid_sizes
         else:
@@ -161,7 +233,7 @@ class OrderBook:
     def apply_trade(self, event: LastTradePrice) -> None:
         """Record the last trade; the book's levels change only through the `price_change` that follows."""
         _parse_price(event.price)
-        parse_units(event.size)
+        parse_decimal(event.size)
         self.last_trade = Trade(price=event.price, size=event.size, side=event.side, timestamp=event.timestamp)
 
     def apply_tick_size_change(self, event: TickSizeChange) -> None:
@@ -173,26 +245,25 @@ class OrderBook:
         """The highest bid as ``(price, size)``, or ``None`` when there are no bids."""
         if not self._bid_prices:
             return None
-        return format_units(self._bid_prices[-1]), format_units(self._bid_sizes[-1])
+        return format_decimal(self._bid_prices[-1]), format_decimal(self._bid_sizes[-1])
 
     def best_ask(self) -> tuple[str, str] | None:
         """The lowest ask as ``(price, size)``, or ``None`` when there are no asks."""
         if not self._ask_prices:
             return None
-        return format_units(self._ask_prices[0]), format_units(self._ask_sizes[0])
+        return format_decimal(self._ask_prices[0]), format_decimal(self._ask_sizes[0])
 
     def bids(self, depth: int | None = None) -> list[tuple[str, str]]:
         """Bids best (highest) first as ``(price, size)`` decimal strings; ``depth`` limits the count."""
         count = len(self._bid_prices) if depth is None else min(depth, len(self._bid_prices))
         last = len(self._bid_prices) - 1
-        return [
-            (format_units(self._bid_prices[last - i]), format_units(self._bid_sizes[last - i])) for i in range(count)
-        ]
+        prices, sizes = self._bid_prices, self._bid_sizes
+        return [(format_decimal(prices[last - i]), format_decimal(sizes[last - i])) for i in range(count)]
 
     def asks(self, depth: int | None = None) -> list[tuple[str, str]]:
         """Asks best (lowest) first as ``(price, size)`` decimal strings; ``depth`` limits the count."""
         count = len(self._ask_prices) if depth is None else min(depth, len(self._ask_prices))
-        return [(format_units(self._ask_prices[i]), format_units(self._ask_sizes[i])) for i in range(count)]
+        return [(format_decimal(self._ask_prices[i]), format_decimal(self._ask_sizes[i])) for i in range(count)]
 
     @property
     def depth(self) -> tuple[int, int]:
@@ -227,12 +298,6 @@ class OrderBook:
         return f"OrderBook({self.asset_id[:12]}..., bids={bids}, asks={asks}, best={self.best_bid()}/{self.best_ask()})"
 
 
-def _parse_levels(levels: list[Level]) -> dict[int, int]:
-    """Parse snapshot levels into price -> size, ascending by price, dropping zero sizes."""
-    parsed = {_parse_price(level.price): parse_units(level.size) for level in levels}
-    return {price: parsed[price] for price in sorted(parsed) if parsed[price]}
-
-
 class BookStore:
     """The books of one worker, and the rule for applying an event to them.
 
@@ -262,60 +327,70 @@ class BookStore:
         Raises:
             MessageError: a value in the event is invalid; no book was changed.
         """
-        match event:
-            case PriceChange():
-                return self._apply_price_change(event)
-            case BookEvent():
-                if not self._mine(event.asset_id):
-                    return []
-                book = self.books.get(event.asset_id)
-                if book is not None and not self._current(book, event.timestamp):
-                    return []
-                return [self._replace(event, floor=None)]
-            case LastTradePrice():
-                book = self._book_for(event.asset_id, event.timestamp)
-                if book is not None:
-                    book.apply_trade(event)
+        if type(event) is PriceChange:
+            size = event.size
+            if size is not None and event.changes is None and event.price_changes is None:
+                asset_id, price, side = event.asset_id, event.price, event.side
+                if asset_id is not None and price is not None and side is not None:
+                    # The one-level shape, nine frames in ten, kept flat on purpose: a call costs as much
+                    # as a dict operation, and this path is a few of them (`OrderBook.set_level`'s twin).
+                    book = self.books.get(asset_id)
+                    if book is None or (book.floor is not None and not self._current(book, event.timestamp)):
+                        if book is None and self._mine(asset_id):
+                            self.skipped += 1
+                        return []
+                    price_value = _price_cache.get(price) or _parse_price(price)
+                    size_value = parse_decimal(size)
+                    if side == "BUY":
+                        prices, sizes = book._bid_prices, book._bid_sizes
+                    else:
+                        prices, sizes = book._ask_prices, book._ask_sizes
+                    index = bisect_left(prices, price_value)
+                    if index < len(prices) and prices[index] == price_value:
+                        if size_value:
+                            sizes[index] = size_value
+                        else:
+                            del prices[index]
+                            del sizes[index]
+                    elif size_value:
+                        prices.insert(index, price_value)
+                        sizes.insert(index, size_value)
+                    if event.timestamp is not None:
+                        book.timestamp = event.timestamp
                     return [book]
+            return self._apply_price_changes(event)
+        if type(event) is BookEvent:
+            if not self._mine(event.asset_id):
                 return []
-            case TickSizeChange():
-                book = self._book_for(event.asset_id, event.timestamp)
-                if book is not None:
-                    book.apply_tick_size_change(event)
-                    return [book]
+            book = self.books.get(event.asset_id)
+            if book is not None and not self._current(book, event.timestamp):
                 return []
-            case _:
-                self.unknown += 1
-                return []
+            return [self._replace(event, floor=None)]
+        if type(event) is LastTradePrice:
+            book = self._book_for(event.asset_id, event.timestamp)
+            if book is not None:
+                book.apply_trade(event)
+                return [book]
+            return []
+        if type(event) is TickSizeChange:
+            book = self._book_for(event.asset_id, event.timestamp)
+            if book is not None:
+                book.apply_tick_size_change(event)
+                return [book]
+            return []
+        self.unknown += 1
+        return []
 
-    def _apply_price_change(self, event: PriceChange) -> list[OrderBook]:
-        asset_id, price, side, size = event.asset_id, event.price, event.side, event.size
-        if (
-            asset_id is not None
-            and price is not None
-            and side is not None
-            and size is not None
-            and event.changes is None
-            and event.price_changes is None
-        ):
-            # The one-level shape, most of the traffic, inlined: no lists, and nothing to roll back.
-            book = self.books.get(asset_id)
-            if book is None or (book.floor is not None and not self._current(book, event.timestamp)):
-                if book is None and self._mine(asset_id):
-                    self.skipped += 1
-                return []
-            price_units = _price_cache.get(price) or _parse_price(price)  # a cache hit saves a call
-            book.set_level(side, price_units, parse_units(size), event.timestamp)
-            return [book]
-        # Parse everything first, so that a bad entry rejects the message without a half-applied book.
-        updates: list[tuple[OrderBook, Side, int, int]] = []
+    def _apply_price_changes(self, event: PriceChange) -> list[OrderBook]:
+        """A price change of several levels (or books): all of it, or none if any entry is invalid."""
+        updates: list[tuple[OrderBook, Side, float, float]] = []
         for asset_id, side, price, size in event.entries():
             book = self._book_for(asset_id, event.timestamp)
             if book is not None:
-                updates.append((book, side, _parse_price(price), parse_units(size)))
+                updates.append((book, side, _parse_price(price), parse_decimal(size)))
         changed: list[OrderBook] = []
-        for book, side, price_units, size_units in updates:
-            book.set_level(side, price_units, size_units, event.timestamp)
+        for book, side, price_value, size_value in updates:
+            book.set_level(side, price_value, size_value, event.timestamp)
             if not changed or changed[-1] is not book:
                 changed.append(book)
         return changed

@@ -8,6 +8,9 @@ Decoding is two-tier because almost every frame is well formed: one msgspec pass
 handles the common case at full speed, and only a frame that fails it takes the slow path, which tells an
 unknown event type (counted and skipped), an untagged book (REST responses and one recording carry no
 ``event_type``) and a malformed frame (``MessageError``) apart.
+
+The Structs are ``gc=False``: an event holds strings and lists of Structs, never a cycle, so the garbage
+collector need not track the hundreds of thousands a worker decodes per second.
 """
 
 from typing import Literal, TypeAlias
@@ -47,14 +50,14 @@ class MessageError(ValueError):
     """
 
 
-class Level(msgspec.Struct, frozen=True):
+class Level(msgspec.Struct, frozen=True, gc=False):
     """One price level of a `book` snapshot: the total size resting at ``price``."""
 
     price: str
     size: str
 
 
-class BookEvent(msgspec.Struct, tag_field="event_type", tag="book", kw_only=True):
+class BookEvent(msgspec.Struct, tag_field="event_type", tag="book", kw_only=True, gc=False):
     """A full snapshot of one token's book; it replaces everything held for ``asset_id``.
 
     ``bids`` arrive price-ascending and ``asks`` price-descending (best last), as the exchange sends them.
@@ -71,7 +74,7 @@ class BookEvent(msgspec.Struct, tag_field="event_type", tag="book", kw_only=True
     last_trade_price: str | None = None
 
 
-class Change(msgspec.Struct, frozen=True):
+class Change(msgspec.Struct, frozen=True, gc=False):
     """One level of a December-2024 style ``price_change``: the new absolute ``size`` at ``price``."""
 
     price: str
@@ -79,7 +82,7 @@ class Change(msgspec.Struct, frozen=True):
     size: str
 
 
-class PriceChangeEntry(msgspec.Struct, frozen=True, kw_only=True):
+class PriceChangeEntry(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """One entry of a 2025 ``price_changes`` array; unlike the older shapes it names its own token."""
 
     asset_id: str
@@ -91,7 +94,7 @@ class PriceChangeEntry(msgspec.Struct, frozen=True, kw_only=True):
     best_ask: str | None = None
 
 
-class PriceChange(msgspec.Struct, tag_field="event_type", tag="price_change", kw_only=True):
+class PriceChange(msgspec.Struct, tag_field="event_type", tag="price_change", kw_only=True, gc=False):
     """Level updates in any of the three recorded shapes; each gives a level's new absolute size.
 
     * 2024-08: one level per message (``asset_id``, ``price``, ``side``, ``size``);
@@ -111,29 +114,28 @@ class PriceChange(msgspec.Struct, tag_field="event_type", tag="price_change", kw
     changes: list[Change] | None = None
     price_changes: list[PriceChangeEntry] | None = None
 
-    def __post_init__(self) -> None:
-        if self.price_changes is not None:
-            return
-        if self.asset_id is None:
-            raise ValueError("price_change without `price_changes` needs an `asset_id`")
-        if self.changes is not None:
-            return
-        if self.price is None or self.side is None or self.size is None:
-            raise ValueError("price_change has none of `price_changes`, `changes`, or `price`+`side`+`size`")
-
     def entries(self) -> list[tuple[str, Side, str, str]]:
-        """Return every level change as ``(asset_id, side, price, size)``, in the order to apply them."""
+        """Return every level change as ``(asset_id, side, price, size)``, in the order to apply them.
+
+        The shape is checked here, not while decoding: a check in ``__post_init__`` would be a Python call
+        inside every decode, about a fifth of decoding a one-level change.
+
+        Raises:
+            MessageError: the event has none of the three shapes.
+        """
         if self.price_changes is not None:
             return [(e.asset_id, e.side, e.price, e.size) for e in self.price_changes]
         asset_id = self.asset_id
-        assert asset_id is not None  # guaranteed by __post_init__
+        if asset_id is None:
+            raise MessageError("price_change without `price_changes` needs an `asset_id`")
         if self.changes is not None:
             return [(asset_id, c.side, c.price, c.size) for c in self.changes]
-        assert self.side is not None and self.price is not None and self.size is not None
+        if self.price is None or self.side is None or self.size is None:
+            raise MessageError("price_change has none of `price_changes`, `changes`, or `price`+`side`+`size`")
         return [(asset_id, self.side, self.price, self.size)]
 
 
-class LastTradePrice(msgspec.Struct, tag_field="event_type", tag="last_trade_price", kw_only=True):
+class LastTradePrice(msgspec.Struct, tag_field="event_type", tag="last_trade_price", kw_only=True, gc=False):
     """A trade on ``asset_id``; ``side`` is the taker's. It does not change the book by itself."""
 
     asset_id: str
@@ -145,7 +147,7 @@ class LastTradePrice(msgspec.Struct, tag_field="event_type", tag="last_trade_pri
     timestamp: int | None = None
 
 
-class TickSizeChange(msgspec.Struct, tag_field="event_type", tag="tick_size_change", kw_only=True):
+class TickSizeChange(msgspec.Struct, tag_field="event_type", tag="tick_size_change", kw_only=True, gc=False):
     """The minimum price increment of ``asset_id`` changed from ``old_tick_size`` to ``new_tick_size``."""
 
     asset_id: str

@@ -117,8 +117,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     async_queue = max(r["async-1"] / r["queue"] for r in rounds)
 
     print(
-        f"# publish: {args.messages:,} messages ({describe(updates)}) over {args.books:,} books, "
-        f"{args.workers} workers"
+        f"# publish: {args.messages:,} messages ({describe(updates)}) over {args.books:,} books, {args.workers} workers"
     )
     print(f"# best of {args.repeat} interleaved rounds; CPU per message from the run with the least CPU")
     print("| design | messages/s | parent CPU us/msg | workers CPU us/msg |")

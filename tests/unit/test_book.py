@@ -18,8 +18,8 @@ from pool.models import (
     PriceChange,
     UnknownEvent,
     decode_frame,
-    format_units,
-    parse_units,
+    format_decimal,
+    parse_decimal,
 )
 from tests.support import ReferenceBooks, as_decimals, sequence_objects
 
@@ -36,24 +36,49 @@ def book_event(bids: list[tuple[str, str]], asks: list[tuple[str, str]], asset_i
     )
 
 
-class TestUnits:
+# Decimal texts as a feed could write them: up to 15 significant digits, any scale a size or price has,
+# with or without trailing zeros and a leading zero.
+_decimal_texts = st.builds(
+    lambda digits, scale, zeros, leading: _text(digits, scale, zeros, leading),
+    st.integers(min_value=0, max_value=10**15 - 1),
+    st.integers(min_value=0, max_value=12),
+    st.integers(min_value=0, max_value=3),
+    st.booleans(),
+)
+
+
+def _text(digits: int, scale: int, zeros: int, leading: bool) -> str:
+    """``digits`` scaled down by 10**scale, as a decimal string with ``zeros`` trailing zeros."""
+    text = f"{Decimal(digits).scaleb(-scale):f}"
+    if zeros:
+        text += ("." if "." not in text else "") + "0" * zeros
+    if not leading and text.startswith("0."):
+        text = text[1:]  # ".48", as Polymarket's own documentation writes it
+    return text
+
+
+class TestDecimals:
     @pytest.mark.parametrize(
-        ("text", "units"),
+        ("text", "value"),
         [
-            ("0.5", 50_000_000),
-            ("0.50", 50_000_000),
-            (".48", 48_000_000),
-            ("0", 0),
-            ("0.0", 0),
-            ("10500100", 1_050_010_000_000_000),
-            ("219.217767", 21_921_776_700),
-            ("0.12345678", 12_345_678),
-            ("1.500000000000", 150_000_000),
+            ("0.5", "0.5"),
+            ("0.50", "0.5"),
+            (".48", "0.48"),
+            ("0", "0"),
+            ("0.0", "0"),
+            ("10500100", "10500100"),
+            ("219.217767", "219.217767"),
+            ("0.123456789", "0.123456789"),
+            ("1.500000000000000000", "1.5"),
+            ("0.00001", "0.00001"),
+            ("123456789012345", "123456789012345"),
+            ("000000000000000000001.25", "1.25"),
         ],
     )
-    def test_parse_exact(self, text: str, units: int) -> None:
-        """Decimal strings parse exactly; trailing zeros do not change the value."""
-        assert parse_units(text) == units
+    def test_parse_exact(self, text: str, value: str) -> None:
+        """Decimal strings parse exactly and print back as the shortest exact decimal; trailing zeros and
+        leading zeros do not change the value."""
+        assert format_decimal(parse_decimal(text)) == value
 
     @pytest.mark.parametrize(
         "text",
@@ -63,25 +88,44 @@ class TestUnits:
             "-1",
             "+1",
             "1e-3",
-            "0.123456789",
+            "1E5",
             "1_000",
             "NaN",
+            "inf",
             " 1",
             "٣",
             "0x10",
             "1.2.3",
-            "99999999999999999999",
+            "1234567890123456",  # 16 significant digits: a double would round it
+            "0.1000000000000000055511151231257827",
+            "9" * 5_000,
         ],
     )
     def test_parse_rejects(self, text: str) -> None:
-        """Anything but a plain non-negative decimal with at most 8 significant decimals is rejected."""
+        """Anything but a plain non-negative decimal of at most 15 significant digits is rejected."""
         with pytest.raises(MessageError):
-            parse_units(text)
+            parse_decimal(text)
 
-    @given(st.decimals(min_value=0, max_value=10**9, places=8, allow_nan=False, allow_infinity=False))
-    def test_format_round_trips(self, value: Decimal) -> None:
-        """format_units gives back the exact value parse_units read."""
-        assert Decimal(format_units(parse_units(f"{value:f}"))) == value
+    @given(_decimal_texts)
+    def test_exact_against_decimal(self, text: str) -> None:
+        """A parsed value prints back as the same decimal (compared as Decimal), so nothing is rounded."""
+        assert Decimal(format_decimal(parse_decimal(text))) == Decimal(text)
+
+    @given(_decimal_texts, _decimal_texts)
+    def test_order_and_equality_are_the_decimals(self, first: str, second: str) -> None:
+        """Two texts are one level exactly when they are one decimal, and sort as their decimals do."""
+        a, b = parse_decimal(first), parse_decimal(second)
+        assert (a == b) == (Decimal(first) == Decimal(second))
+        assert (a < b) == (Decimal(first) < Decimal(second))
+
+    @given(st.lists(_decimal_texts, max_size=40))
+    def test_snapshot_sizes_parse_as_one_by_one(self, texts: list[str]) -> None:
+        """A snapshot's sizes parsed together (one msgspec call) equal each parsed alone."""
+        book = OrderBook(ASSET)
+        levels = [(f"0.{index + 10}1", text) for index, text in enumerate(texts)]
+        book.apply_snapshot(book_event(levels, []))
+        expected = [(price, format_decimal(parse_decimal(size))) for price, size in levels if Decimal(size)]
+        assert book.bids() == expected[::-1]
 
 
 class TestOrderBook:

@@ -7,6 +7,7 @@ import pytest
 
 from pool.models import (
     BookEvent,
+    BookStore,
     LastTradePrice,
     MessageError,
     PriceChange,
@@ -129,8 +130,6 @@ MALFORMED = [
         "invalid `price_change`",
         id="bad-side",
     ),
-    pytest.param(b'{"event_type":"price_change","market":"m"}', "needs an `asset_id`", id="price-change-no-shape"),
-    pytest.param(b'{"event_type":"price_change","asset_id":"1","market":"m"}', "none of", id="price-change-no-levels"),
     pytest.param(
         b'{"event_type":"last_trade_price","asset_id":"1","price":"0.5","side":"BUY","size":"1","timestamp":"soon"}',
         "invalid `last_trade_price`",
@@ -148,6 +147,23 @@ class TestMalformed:
             decode_frame(frame)
         assert message in str(caught.value)
         assert isinstance(caught.value, ValueError)
+
+    @pytest.mark.parametrize(
+        ("frame", "message"),
+        [
+            (b'{"event_type":"price_change","market":"m"}', "needs an `asset_id`"),
+            (b'{"event_type":"price_change","asset_id":"1","market":"m"}', "none of"),
+        ],
+    )
+    def test_price_change_without_a_shape_is_rejected_where_applied(self, frame: bytes, message: str) -> None:
+        """A well-typed price_change of no known shape decodes (the check would cost every decode a Python
+        call) and is rejected, alone, by whatever reads its entries: the store, or the parent's router."""
+        (event,) = decode_frame(frame)
+        assert isinstance(event, PriceChange)
+        with pytest.raises(MessageError, match=message):
+            event.entries()
+        with pytest.raises(MessageError, match=message):
+            BookStore().apply(event)
 
     def test_error_is_not_a_msgspec_error(self) -> None:
         """Users catch one type: msgspec's own errors never leak out of decode_frame."""
