@@ -22,7 +22,7 @@ from array import array
 from bisect import bisect_left
 from collections.abc import Callable
 from itertools import islice
-from operator import attrgetter
+from operator import attrgetter, lt
 from typing import cast
 
 import msgspec
@@ -56,6 +56,8 @@ _DECIMAL_CHARS = "0123456789."
 _PRICE_CACHE_SIZE = 16_384
 _price_cache: dict[str, float] = {}
 
+# operator.lt, not float.__lt__: a C function map calls directly, twice as fast as the slot wrapper.
+_less: Callable[[float, float], bool] = lt
 _price_text = attrgetter("price")
 _size_text = attrgetter("size")
 # A snapshot side's sizes, joined with commas and bracketed, are a JSON array of numbers: one C call parses
@@ -149,7 +151,7 @@ def _parse_side(levels: list[Level], descending: bool) -> tuple[list[float], arr
     if descending:
         prices.reverse()
         sizes.reverse()
-    if all(map(float.__lt__, prices, islice(prices, 1, None))) and 0.0 not in sizes:
+    if all(map(_less, prices, islice(prices, 1, None))) and 0.0 not in sizes:
         return prices, array("d", sizes)  # the exchange's order, every price once, no empty level
     if descending:  # back to wire order, so that of equal prices the last one sent counts
         prices.reverse()

@@ -110,8 +110,10 @@ class PersistentWorkerPool:
         self._mode = _Mode.NONE
         self._feeds: dict[str, Callable[[], FeedStatus]] = {}
         self._thread: LoopThread | None = None  # the loop's thread, under ``with``
-        # While the pool runs: the publisher, for the one-frame fast path of `publish`.
+        # While the pool runs: the publisher, for the one-frame fast path of `publish`, and what that path
+        # returns (`_DONE` under ``async with``), so it tests nothing but the frame.
         self._fast_publisher: Publisher | None = None
+        self._fast_result: _Done | None = None
         self._exit_stack: AsyncExitStack | None = None  # the caller's task group, under ``async with``
         # Serialises starting and stopping the loop's thread: concurrent shutdowns (say, wait=False then
         # wait=True) stop it once; the later caller waits until the first has finished.
@@ -139,7 +141,7 @@ class PersistentWorkerPool:
             await stack.aclose()
             raise
         self._exit_stack = stack
-        self._fast_publisher = self._core.publisher
+        self._fast_publisher, self._fast_result = self._core.publisher, _DONE
         return self
 
     async def __aexit__(
@@ -196,8 +198,7 @@ class PersistentWorkerPool:
         """
         fast = self._fast_publisher
         if fast is not None and type(data) is bytes and fast.push_frame(data):
-            # One frame, the common case of a feed loop: no call object, no wait.
-            return _DONE if self._mode is _Mode.ASYNC else None
+            return self._fast_result  # one frame, the common case of a feed loop: no call object, no wait
         publisher = self._running_publisher("publish")
         call = PublishCall(data, timeout)
         if self._mode is _Mode.ASYNC:
@@ -439,7 +440,7 @@ class PersistentWorkerPool:
             thread = LoopThread()
             thread.start(self._core.serve)
             self._thread = thread
-            self._fast_publisher = self._core.publisher
+            self._fast_publisher, self._fast_result = self._core.publisher, None
 
     def _stop_sync(self) -> None:
         with self._lifecycle_lock:

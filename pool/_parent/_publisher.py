@@ -35,7 +35,7 @@ from pool.models import (
 
 from ._changes import Changes, LoopWaker
 from ._events import EventHub
-from ._slot import Reply, Slot
+from ._slot import NO_ROOM, QUEUED_IDLE, Reply, Slot
 
 __all__ = ["DONE", "MORE", "Frame", "PublishCall", "Publishable", "Publisher"]
 
@@ -51,11 +51,11 @@ DONE = "done"  # every frame of the call is queued
 MORE = "more"  # PUSH_FRAMES were queued; call push again
 
 
-class _RouteEntry(msgspec.Struct):
+class _RouteEntry(msgspec.Struct, gc=False):
     asset_id: str
 
 
-class _RouteEvent(msgspec.Struct):
+class _RouteEvent(msgspec.Struct, gc=False):
     """The only fields the parent reads of a frame: who it is for. Everything else is skipped unparsed."""
 
     asset_id: str | None = None
@@ -122,14 +122,20 @@ class Publisher:
             ids = _route_decoder.decode(frame)
         except msgspec.DecodeError:
             return False
-        if type(ids) is not _RouteEvent or ids.price_changes is not None or ids.asset_id is None:
+        if (
+            type(ids) is not _RouteEvent
+            or ids.price_changes is not None
+            or (asset_id := ids.asset_id) is None
+            or ids.event_type is None  # a book in the REST shape
+            or ids.event_type == "book"
+        ):
             return False
-        if ids.event_type is None or ids.event_type == "book":  # a book (no event_type: the REST shape)
+        slot = self._slots[self._route[asset_id]]
+        offered = slot.offer(frame, self._limit)
+        if offered == NO_ROOM:
             return False
-        slot = self._slots[self._route[ids.asset_id]]
-        if slot.published - slot.applied >= self._limit or slot.broken is not None:
-            return False
-        if slot.append(frame) or self._waker.on_loop():
+        # A writer already asked to wake will send this frame too: most frames of a burst skip the rest.
+        if not slot.wake_requested and (offered == QUEUED_IDLE or self._waker.on_loop()):
             self._wake(slot)
         return True
 

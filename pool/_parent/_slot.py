@@ -32,7 +32,12 @@ from ._changes import Changes
 if TYPE_CHECKING:
     from ._process import WorkerProcess
 
-__all__ = ["QueueItem", "Reply", "Slot"]
+__all__ = ["NO_ROOM", "QUEUED", "QUEUED_IDLE", "QueueItem", "Reply", "Slot"]
+
+# What `Slot.offer` says of a frame.
+QUEUED = 0
+QUEUED_IDLE = 1  # queued, and the slot had nothing else unapplied: its writer needs waking
+NO_ROOM = 2
 
 # What the writer sends next: frames (in publish order), then optionally one control message.
 QueueItem = tuple[list[bytes], ToWorker | None]
@@ -108,12 +113,34 @@ class Slot:
         """
         with self._lock:
             if self._closed:
-                raise PoolClosedError(
-                    f"the pool was shut down during this publish; worker {self.worker_id} takes no more frames"
-                )
+                raise self._closed_error()
             self._frames.append(frame)
             self.published += 1
             return self.published - self.applied == 1
+
+    def offer(self, frame: bytes, limit: int) -> int:
+        """`append` if the slot has room for it: `QUEUED`, `QUEUED_IDLE` (the writer needs waking), or
+        `NO_ROOM` (``limit`` frames are unapplied, or the slot was given up) with nothing queued.
+
+        One call for the whole one-frame publish, since a call costs as much as the work it does.
+
+        Raises:
+            PoolClosedError: the slot's `Stop` is queued.
+        """
+        with self._lock:
+            pending = self.published - self.applied
+            if pending >= limit or self.broken is not None or self._closed:
+                if self._closed:
+                    raise self._closed_error()
+                return NO_ROOM
+            self._frames.append(frame)
+            self.published += 1
+        return QUEUED_IDLE if pending == 0 else QUEUED
+
+    def _closed_error(self) -> PoolClosedError:
+        return PoolClosedError(
+            f"the pool was shut down during this publish; worker {self.worker_id} takes no more frames"
+        )
 
     def close(self, stop: ToWorker) -> None:
         """Queue ``stop`` behind everything queued so far and accept nothing after it."""
