@@ -26,13 +26,11 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import anyio
 import anyio.abc
 import msgspec
-from anyio.abc import SocketStream
-from anyio.streams.buffered import BufferedByteReceiveStream
 
 import pool._worker
 from pool._exceptions import RemoteTraceback, WorkerStartupError
@@ -51,10 +49,10 @@ from pool._wire._protocol import (
     Trim,
     Trimmed,
     frame_header,
-    unpack_header,
 )
 from pool.models import ExitReason, PoolConfig, PoolEvent, PoolEventKind, WorkerStats
 
+from ._channel import Channel
 from ._factories import PreparedFactory
 from ._slot import QueueItem, Slot
 
@@ -161,28 +159,28 @@ class WorkerProcess:
         self.worker_id = worker_id
         self.pid = popen.pid
         self._popen = popen
-        self._sock: socket.socket | None = sock
+        self._channel = Channel(sock)
         self._boot: Boot | None = boot
         self._config = config
         self._log = log.bind(worker_id=worker_id, pid=popen.pid)
         self._emit = emit
         self._encoder = msgspec.msgpack.Encoder()
         self._decoder: msgspec.msgpack.Decoder[FromWorker] = msgspec.msgpack.Decoder(FromWorker)
-        self._stream: SocketStream | None = None
-        self._receiver: BufferedByteReceiveStream | None = None
         self.stats: WorkerStats | None = None
         self.last_heard = time.monotonic()
         self.exited = anyio.Event()
         self.exit_code: int | None = None
         self.exit_reason: ExitReason | None = None
         self.acked = 0  # frames this process has applied
-        self._sent_seq = 0  # frames sent to this process
+        # Frames sent, and what was sent and not yet finished, in wire order: both change only together with
+        # a write, under the channel's lock, whichever thread sends (`send_queued`).
+        self._sent_seq = 0
         self._inflight: deque[_Sent] = deque()
         self._kill_reason: ExitReason | None = None
         self._scope: anyio.CancelScope | None = None
-        # Set when the process is gone. Cancellation reaches a task only at its next checkpoint, so the
-        # writer and reader may still run a step; they check this and stop instead of taking requeued items
-        # or applying a stale acknowledgement to the slot.
+        # Set when the process is gone (under the channel's lock, so no thread sends to it after). Cancellation
+        # reaches a task only at its next checkpoint, so the writer and reader may still run a step; they check
+        # this and stop instead of taking requeued items or applying a stale acknowledgement to the slot.
         self._ended = False
         self.on_reaped: Callable[[WorkerProcess], None] = lambda process: None
 
@@ -195,13 +193,12 @@ class WorkerProcess:
             WorkerStartupError: the worker exited, reported an error, or stayed silent for
                 ``worker_startup_timeout``; the process is killed and reaped before this is raised.
         """
-        assert self._sock is not None and self._boot is not None
-        self._stream = await SocketStream.from_socket(self._sock)
-        self._sock = None
-        self._receiver = BufferedByteReceiveStream(self._stream)
+        assert self._boot is not None
         try:
             with anyio.fail_after(self._config.worker_startup_timeout):
-                await self._send(self._boot)
+                with self._channel.lock:
+                    self._channel.write(self._encode([self._boot]))
+                await self._channel.drain()
                 message = await self._receive()
         except TimeoutError:
             await self.kill_and_reap()
@@ -209,7 +206,7 @@ class WorkerProcess:
                 f"sent no ready handshake within {self._config.worker_startup_timeout:g} s "
                 "(worker_startup_timeout); it was killed"
             ) from None
-        except (anyio.EndOfStream, anyio.IncompleteRead, anyio.BrokenResourceError):
+        except anyio.EndOfStream:
             await self.kill_and_reap()
             raise self._startup_error(
                 f"exited during start-up ({describe_exit(self.exit_code)}); its stderr says why"
@@ -249,42 +246,55 @@ class WorkerProcess:
             tasks.start_soon(self._watch, slot, on_exit)
 
     async def _write_loop(self, slot: Slot) -> None:
-        stream = self._stream
-        assert stream is not None
-        try:
-            while True:
-                await slot.wait_for_work()
-                while not self._ended and (item := slot.take()) is not None:
-                    frames, control = item
-                    # Everything taken off the queue is in flight before the first await: if the process dies
-                    # mid-way, the watcher requeues all of it, sent or not, and nothing falls in between.
-                    outgoing = []
-                    for start in range(0, len(frames), _MAX_BATCH_FRAMES):
-                        chunk = frames[start : start + _MAX_BATCH_FRAMES]
-                        self._sent_seq += len(chunk)
-                        outgoing.append(_Sent(Batch(chunk), self._sent_seq))
-                    if control is not None:
-                        outgoing.append(_Sent(control))
-                    self._inflight.extend(outgoing)
-                    for sent in outgoing:
-                        await self._send(sent.message)
-                if self._ended:
+        """Send what the publish path could not: frames queued while others were in flight (sent in one
+        batch when an acknowledgement wakes this), controls, and the rest of a write the socket could not
+        take at once."""
+        channel = self._channel
+        while True:
+            await slot.wait_for_work()
+            while not self.send_queued(slot):
+                if self._ended or channel.closed:
                     return
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-            return  # the worker is gone; the watcher reports it
+                await channel.drain()
 
-    async def _send(self, message: ToWorker) -> None:
-        assert self._stream is not None
-        buffer = bytearray(HEADER_SIZE)
-        self._encoder.encode_into(message, buffer, HEADER_SIZE)
-        buffer[:HEADER_SIZE] = frame_header(len(buffer) - HEADER_SIZE)
-        # Both backends accept any bytes-like object; the cast saves a copy of a batch of ~400 KB.
-        await self._stream.send(cast(bytes, buffer))
+    def send_queued(self, slot: Slot) -> bool:
+        """Put everything ``slot`` has queued on the wire now, from any thread, without waiting.
+
+        Returns True when nothing is left to send (or the slot holds its queue for a recycle), False when
+        the socket is full (the writer finishes when it drains) or this process has ended. Taking from the
+        queue, numbering, recording in flight and writing happen under the channel's lock, so whichever
+        thread sends, the wire order is the queue order, and a process that dies has everything it was
+        sent in `_inflight`, to be requeued.
+        """
+        channel = self._channel
+        with channel.lock:
+            while not (self._ended or channel.closed or channel.blocked):
+                item = slot.take()
+                if item is None:
+                    return True
+                frames, control = item
+                outgoing = []
+                for start in range(0, len(frames), _MAX_BATCH_FRAMES):
+                    chunk = frames[start : start + _MAX_BATCH_FRAMES]
+                    self._sent_seq += len(chunk)
+                    outgoing.append(_Sent(Batch(chunk), self._sent_seq))
+                if control is not None:
+                    outgoing.append(_Sent(control))
+                self._inflight.extend(outgoing)
+                channel.write(self._encode([sent.message for sent in outgoing]))
+            return False
+
+    def _encode(self, messages: list[ToWorker]) -> bytearray:
+        """``messages`` as consecutive framed messages, in one buffer (one system call for all)."""
+        buffer = bytearray()
+        for message in messages:
+            start = len(buffer)
+            self._encoder.encode_into(message, buffer, start + HEADER_SIZE)
+            buffer[start : start + HEADER_SIZE] = frame_header(len(buffer) - start - HEADER_SIZE)
+        return buffer
 
     async def _receive(self) -> FromWorker:
-        assert self._receiver is not None
-        size = unpack_header(await self._receiver.receive_exactly(HEADER_SIZE))
-        return self._decoder.decode(await self._receiver.receive_exactly(size))
+        return self._decoder.decode(await self._channel.receive())
 
     async def _read_loop(self, slot: Slot) -> None:
         try:
@@ -311,7 +321,7 @@ class WorkerProcess:
                         self._trim_inflight(slot)
                     case Ready() | Fatal():
                         self._log.warning("worker_unexpected_message", message=type(message).__name__)
-        except (anyio.EndOfStream, anyio.IncompleteRead, anyio.BrokenResourceError, anyio.ClosedResourceError):
+        except (anyio.EndOfStream, anyio.ClosedResourceError):
             return  # the worker is gone; the watcher reports it
 
     def _log_tallies(self, logs: list[LogTally]) -> None:
@@ -337,9 +347,11 @@ class WorkerProcess:
         # neither can run again, and the writer cannot take requeued items to a dead socket.
         assert self._scope is not None
         self._scope.cancel()
-        self._ended = True
+        with self._channel.lock:  # no thread sends to it from here on
+            self._ended = True
+            unfinished = self._unfinished()
         self.exit_reason = self._kill_reason or _classify(self.exit_code)
-        slot.requeue(self._unfinished(), self.acked)
+        slot.requeue(unfinished, self.acked)
         on_exit(self)
         with anyio.CancelScope(shield=True):
             await self.close()
@@ -407,11 +419,7 @@ class WorkerProcess:
 
     async def close(self) -> None:
         """Release the channel; idempotent."""
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
-        if self._stream is not None:
-            await self._stream.aclose()
+        self._channel.close()
 
 
 def _classify(exit_code: int | None) -> ExitReason:

@@ -134,8 +134,9 @@ class Publisher:
         offered = slot.offer(frame, self._limit)
         if offered == NO_ROOM:
             return False
-        # A writer already asked to wake will send this frame too: most frames of a burst skip the rest.
-        if not slot.wake_requested and (offered == QUEUED_IDLE or self._waker.on_loop()):
+        if offered == QUEUED_IDLE:
+            self._send_now(slot)
+        elif not slot.wake_requested and self._waker.on_loop():  # a writer already woken sends it too
             self._wake(slot)
         return True
 
@@ -154,6 +155,7 @@ class Publisher:
         slots, route, limit, slots_of = self._slots, self._route, self._limit, self._slots_of
         decode_ids = _route_decoder.decode
         always_wake = self._waker.on_loop()  # a wake-up on the loop's own thread costs next to nothing
+        idle: set[Slot] = set()  # slots that had nothing unapplied: sent from here, at the end
         touched: set[Slot] = set()
         live: dict[Slot, list[str]] = {}
         accepted = rejected = unroutable = adjust = 0
@@ -182,7 +184,9 @@ class Publisher:
                             call.held = frame
                             outcome = slot
                             break
-                    if slot.append(frame) or always_wake:  # the slot was idle (see `_wake`)
+                    if slot.append(frame):
+                        idle.add(slot)
+                    elif always_wake:
                         touched.add(slot)
                     if ids.event_type != "price_change" and ids.is_book and slot.note_book(ids.asset_id):
                         live.setdefault(slot, []).append(ids.asset_id)
@@ -202,7 +206,9 @@ class Publisher:
                         outcome = full
                         break
                     for slot in working:
-                        if slot.append(frame) or always_wake:
+                        if slot.append(frame):
+                            idle.add(slot)
+                        elif always_wake:
                             touched.add(slot)
                     for slot, asset_id in books:
                         if slot.broken is None and slot.note_book(asset_id):
@@ -218,7 +224,9 @@ class Publisher:
                 self._adjust += adjust
                 self.rejected += rejected
                 self.unroutable += unroutable
-            for slot in touched:
+            for slot in idle:
+                self._send_now(slot)
+            for slot in touched - idle:
                 self._wake(slot)
             for slot, asset_ids in live.items():
                 self._book_event(slot, PoolEventKind.BOOK_LIVE, asset_ids, "a `book` arrived")
@@ -240,7 +248,7 @@ class Publisher:
     def request_book(self, slot: Slot, asset_id: str) -> Reply:
         """Ask ``slot``'s worker for one book, behind every frame queued before this call."""
         reply = slot.request(lambda request_id: GetBook(request_id, asset_id))
-        self._wake(slot)
+        self._send_now(slot)
         return reply
 
     def mark_stale(self, asset_ids: Iterable[str]) -> int:
@@ -274,15 +282,27 @@ class Publisher:
         for entry in entries:
             getattr(self._log, entry.level)(entry.event, count=entry.count, **entry.example)
 
+    def _send_now(self, slot: Slot) -> None:
+        """Send ``slot``'s queue from this thread, now: the path of a frame (or request) that finds its worker
+        idle, which then costs one system call and no turn of the loop. Whatever cannot go now (the slot is
+        not running, or its socket is full) is left to its writer, which is woken instead.
+
+        Only an idle slot is sent to this way: while frames are in flight, new ones queue and go in one
+        batch when the worker's acknowledgement wakes the writer, so a busy worker is sent batches, not a
+        system call per frame.
+        """
+        process = slot.process
+        if process is None or slot.state is not WorkerState.RUNNING or not process.send_queued(slot):
+            self._wake(slot)
+
     def _wake(self, slot: Slot) -> None:
         """Have the loop run ``slot``'s writer.
 
-        On the loop's thread (``async with``) every push wakes the writer: that costs an event, and sends each
-        burst at once. From another thread (``with``) a wake-up costs a syscall and hands the loop the GIL,
-        so the writer is woken only when its slot was idle (its only unapplied frame is the new one): while
-        frames are in flight, the worker's acknowledgement wakes the writer for whatever queued meanwhile
-        (`WorkerProcess` does), so a burst of one-frame publishes costs one wake-up per round trip, not one
-        per frame, and travels in batches.
+        On the loop's thread (``async with``) a push to a busy slot wakes the writer: that costs an event, and
+        the burst goes when the publishing task next yields. From another thread (``with``) a wake-up costs a
+        syscall and hands the loop the GIL, so a busy slot's writer is not woken: the worker's
+        acknowledgement wakes it for whatever queued meanwhile (`WorkerProcess` does), so a burst of
+        one-frame publishes travels in batches, one per round trip.
         """
         if not slot.wake_requested:
             slot.wake_requested = True

@@ -12,6 +12,7 @@ import contextlib
 import ctypes
 import gc
 import os
+import select
 import sys
 import time
 from bisect import bisect_left
@@ -50,6 +51,10 @@ from ._handlers import HandlerTable
 
 __all__ = ["WorkerLoop"]
 
+# A worker that keeps finding more batches waiting acknowledges at least this often, so its publisher's
+# count of unapplied frames (its backpressure) keeps moving.
+_ACK_FRAMES = 2048
+
 
 def _give_memory_back() -> None:
     """Collect garbage, then ask glibc to return free heap pages to the system (no-op elsewhere)."""
@@ -78,6 +83,10 @@ class WorkerLoop:
         self._books_bytes = 0
         self._last_sample = time.monotonic()
         self._applied_seq = 0
+        self._reported_seq = 0
+        # One poll object for the life of the loop: Connection.poll builds a selector on every call.
+        self._poller = select.poll()
+        self._poller.register(conn.fileno(), select.POLLIN)
         self._messages = 0
         self._updates = 0
         self._snapshots = 0
@@ -88,19 +97,27 @@ class WorkerLoop:
 
     def run(self) -> None:
         conn = self._conn
+        poll = self._poller.poll
         while True:
-            # Wake for the heartbeat, or sooner when a tally is due, so a lone problem is told at once.
-            if not conn.poll(min(self._heartbeat_interval, self._tally.due_in())):
-                self._report()  # a heartbeat: nothing arrived for a whole interval
+            # Batches are acknowledged once the channel is drained (a worker behind its publisher reads
+            # several per acknowledgement; an idle one answers at once), or every _ACK_FRAMES. Otherwise
+            # wake on data, for the heartbeat, or sooner when a tally is due, so a lone problem is told at once.
+            owed = self._applied_seq != self._reported_seq
+            if not poll(0 if owed else min(self._heartbeat_interval, self._tally.due_in()) * 1000):
+                self._report()  # acknowledged, or a heartbeat: nothing arrived for a whole interval
                 continue
             try:
                 data = conn.recv_bytes()
             except (EOFError, OSError):
                 return  # the parent is gone: nobody is left to apply books for
-            match self._decoder.decode(data):
+            message = self._decoder.decode(data)
+            if owed and not isinstance(message, Batch):
+                self._report()  # every answer follows the acknowledgement of the frames before it
+            match message:
                 case Batch(frames):
                     self._apply_batch(frames)
-                    self._report()
+                    if self._applied_seq - self._reported_seq >= _ACK_FRAMES:
+                        self._report()
                 case GetBook(request_id, asset_id):
                     conn.send_bytes(self._encoder.encode(BookReply(request_id, self._view(asset_id))))
                 case Trim(request_id):
@@ -215,5 +232,6 @@ class WorkerLoop:
             applied_seq=self._applied_seq,
             batch_seconds_buckets=self._batch_buckets,
         )
+        self._reported_seq = self._applied_seq
         logs = self._tally.release(now, force=final)
         self._conn.send_bytes(self._encoder.encode(Progress(stats, logs)))

@@ -124,6 +124,65 @@ class TestBooksAreExact:
             pool.publish(frames[len(frames) // 2 :])
             assert pool.get_book(hot).bids[-1] == ("0.01", "5000")
 
+    def test_frames_published_while_a_worker_cannot_read_all_arrive_in_order(self) -> None:
+        """A stopped worker cannot read: its frames queue behind the first, and the request that follows
+        sends them all from the caller's thread, more than the socket holds. The loop finishes that write
+        (the channel is blocked meanwhile) once the worker reads again, and every book ends exact."""
+        market = SyntheticMarket(200, seed=13)
+        snapshots, updates = market.snapshots(), list(market.updates(40_000))
+        reference = ReferenceBooks()
+        reference.apply_frames(snapshots + updates)
+        with PersistentWorkerPool(config(heartbeat_interval=30.0, max_pending_messages=100_000)) as pool:
+            pool.publish(snapshots)
+            pool.flush()
+            pids = [w.pid for w in pool.get_status().workers.values() if w.pid is not None]
+            for pid in pids:
+                os.kill(pid, signal.SIGSTOP)
+            books: list[BookView] = []
+            reader = threading.Thread(target=lambda: books.append(pool.get_book(market.asset_ids[0], timeout=30)))
+            try:
+                for frame in updates:  # ~13 MB: far more than a socket buffer holds
+                    pool.publish(frame)
+                reader.start()
+                channels = [slot.process._channel for slot in pool._core.slots]  # type: ignore[union-attr]
+                wait_for(lambda: any(channel.blocked for channel in channels), what="a write left for the loop")
+            finally:
+                for pid in pids:
+                    os.kill(pid, signal.SIGCONT)
+            reader.join(timeout=30)
+            pool.flush(timeout=30)
+            assert_book_equals_reference(books[0], reference)
+            for asset_id in market.asset_ids:
+                assert_book_equals_reference(pool.get_book(asset_id), reference)
+            assert pool.get_status().messages_published == len(snapshots) + len(updates)
+
+    def test_publishing_threads_at_once_lose_nothing(self) -> None:
+        """Eight threads publish frame by frame at once, each its own markets (so each book keeps its order):
+        direct sends from those threads and the loop's writer share each socket under one lock, and every
+        frame is applied, every book exact."""
+        market = SyntheticMarket(400, seed=17)
+        snapshots = market.snapshots()
+        updates = list(market.updates(40_000))
+        lanes: list[list[bytes]] = [[] for _ in range(8)]
+        for frame in updates:  # by market (a frame may change both its tokens): each thread its own books
+            lanes[int(json.loads(frame)["market"], 16) % 8].append(frame)
+        with PersistentWorkerPool(config(worker_count=3)) as pool:
+            pool.publish(snapshots)
+            pool.flush()
+            threads = [threading.Thread(target=lambda lane=lane: [pool.publish(f) for f in lane]) for lane in lanes]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(timeout=50)
+            pool.flush(timeout=30)
+            assert all(not thread.is_alive() for thread in threads)
+            assert pool.get_status().messages_published == len(snapshots) + len(updates)
+            assert all(slot.applied == slot.published for slot in pool._core.slots)
+            reference = ReferenceBooks()
+            reference.apply_frames(snapshots + updates)
+            for asset_id in market.asset_ids:
+                assert_book_equals_reference(pool.get_book(asset_id), reference)
+
     def test_malformed_frames_are_counted_and_skipped(self) -> None:
         """Bad frames mixed into the stream are counted; the workers live on and every book is right."""
         market = SyntheticMarket(200, seed=11)

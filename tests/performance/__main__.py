@@ -42,7 +42,7 @@ _FULL: dict[str, list[str]] = {
     "throughput, 2 workers": ["--workers", "2"],
     "throughput, 4 workers": ["--workers", "4"],
     "publish one frame per call": ["--messages", "100000"],
-    "latency": ["--rates", "10000", "50000", "--seconds", "5"],
+    "latency": ["--rates", "1000", "10000", "50000", "--seconds", "5"],
     "memory": ["--books", "1000", "10000", "50000"],
     "parent memory under backlog": ["--messages", "200000", "1000000"],
     "recovery": ["--books", "1000", "--kills", "5"],

@@ -13,6 +13,7 @@ import matplotlib.pyplot as plt  # after use(): the backend is chosen first
 
 _LABELS = {
     "pool": "pool (this library)",
+    "pool-sync": "pool under `with`",
     "queue": "old design: pickled message per Queue.put",
     "single": "one process, no IPC (single-core limit)",
     "ray": "Ray actors, batches of 256",

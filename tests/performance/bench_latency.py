@@ -3,10 +3,13 @@
     python -m tests.performance.bench_latency [--rates 10000 50000] [--seconds 5]
 
 Each frame's ``timestamp`` carries the system-wide monotonic clock (microseconds) read just before it is
-published; the worker, right after applying the frame, records the difference. Frames are published as
-they fall due, every millisecond. Two designs, on the same frames at the same rate, in the same run:
+published; the worker, right after applying the frame, records the difference. Frames are published one
+call each, as a feed's receive loop would, as they fall due (the publisher checks every millisecond, so
+at 10,000 msg/s about ten fall due together). Three designs, on the same frames at the same rate, in the
+same run:
 
-* ``pool``: this library under ``async with`` (no thread hop); a handler records the latency;
+* ``pool`` (async): this library under ``async with``, ``await pool.publish(frame)``; a handler records;
+* ``pool-sync``: under ``with``, ``pool.publish(frame)`` from the caller's thread;
 * ``queue``: the old WorkerManager design (decode in the parent, one pickled message per
   ``multiprocessing.Queue.put``); its worker records the latency after applying to dict books.
 """
@@ -19,6 +22,7 @@ import statistics
 import tempfile
 import time
 from array import array
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +34,11 @@ from pool._service._synthetic import SyntheticMarket
 from tests.performance.bench_throughput import QueueDesign, _apply_decoded
 
 _SYNC = "sync"  # a message the old design's worker answers once it has applied everything before it
-_NAMES = {"pool": "pool (this library)", "queue": "old design: one pickled message per Queue.put"}
+_NAMES = {
+    "pool": "pool, `async with`: await publish(frame)",
+    "pool-sync": "pool, `with`: publish(frame)",
+    "queue": "old design: one pickled message per Queue.put",
+}
 
 # Latencies are written out in blocks of this many, so the handler's own cost stays negligible (a block
 # still in the handler when the worker stops is not counted: at most this many per worker).
@@ -74,18 +82,34 @@ def _stamped(asset_ids: list[str], first: int, count: int) -> list[bytes]:
     ]
 
 
-async def _offer(pool: PersistentWorkerPool, market: SyntheticMarket, rate: float, seconds: float) -> int:
-    """Publish stamped one-level price changes at ``rate`` per second; return how many."""
+def _due(rate: float, seconds: float) -> Iterator[tuple[int, int]]:
+    """(first, count) of the frames due at each check of a steady ``rate``; the caller sleeps 1 ms when
+    ``count`` is 0."""
     sent, begun = 0, time.perf_counter()
     while (elapsed := time.perf_counter() - begun) < seconds:
         due = int(elapsed * rate) - sent
-        if due <= 0:
+        yield sent, max(due, 0)
+        sent += max(due, 0)
+
+
+async def _offer(pool: PersistentWorkerPool, market: SyntheticMarket, rate: float, seconds: float) -> None:
+    """Publish stamped one-level price changes at ``rate`` per second, one call per frame."""
+    for first, count in _due(rate, seconds):
+        if not count:
             await anyio.sleep(0.001)
-            continue
-        await pool.publish(_stamped(market.asset_ids, sent, due))
-        sent += due
+        for frame in _stamped(market.asset_ids, first, count):
+            await pool.publish(frame)
     await pool.flush()
-    return sent
+
+
+def _offer_sync(pool: PersistentWorkerPool, market: SyntheticMarket, rate: float, seconds: float) -> None:
+    """`_offer` from a plain thread, under ``with``."""
+    for first, count in _due(rate, seconds):
+        if not count:
+            time.sleep(0.001)
+        for frame in _stamped(market.asset_ids, first, count):
+            pool.publish(frame)
+    pool.flush()
 
 
 def _queue_worker(queue: Any, results: Any) -> None:
@@ -109,31 +133,38 @@ def _measure_queue(rate: float, seconds: float, workers: int) -> array[int]:
     design.put_all({"event_type": _SYNC})  # as the pool's run does, start the clock with every snapshot applied
     for _ in range(workers):
         design.results.get()
-    sent, begun = 0, time.perf_counter()
-    while (elapsed := time.perf_counter() - begun) < seconds:
-        due = int(elapsed * rate) - sent
-        if due <= 0:
+    for first, count in _due(rate, seconds):
+        if not count:
             time.sleep(0.001)
-            continue
-        for frame in _stamped(market.asset_ids, sent, due):
+        for frame in _stamped(market.asset_ids, first, count):
             design.send(frame)
-        sent += due
     samples = array("q")
     for block in design.close():
         samples.frombytes(block)
     return samples
 
 
-async def _measure_pool(rate: float, seconds: float, workers: int) -> array[int]:
-    """The pool at ``rate``; returns the latencies (us) its workers recorded."""
+def _measure_pool(rate: float, seconds: float, workers: int, *, sync: bool) -> array[int]:
+    """The pool at ``rate`` under ``with`` (``sync``) or ``async with``; returns the latencies (us) its
+    workers recorded."""
     market = SyntheticMarket(1000, seed=5)
     with tempfile.TemporaryDirectory() as directory:
         factory = functools.partial(recorder, directory)
         config = PoolConfig(worker_count=workers, heartbeat_interval=1.0)
-        async with PersistentWorkerPool(config, handler_factory=factory) as pool:
-            await pool.publish(market.snapshots())
-            await pool.flush()
-            await _offer(pool, market, rate, seconds)
+        if sync:
+            with PersistentWorkerPool(config, handler_factory=factory) as pool:
+                pool.publish(market.snapshots())
+                pool.flush()
+                _offer_sync(pool, market, rate, seconds)
+        else:
+
+            async def run() -> None:
+                async with PersistentWorkerPool(config, handler_factory=factory) as pool:
+                    await pool.publish(market.snapshots())
+                    await pool.flush()
+                    await _offer(pool, market, rate, seconds)
+
+            anyio.run(run)
         samples = array("q")
         for path in Path(directory).glob("latency-*.bin"):
             with path.open("rb") as data:
@@ -170,7 +201,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     args = parser.parse_args(argv)
     results = []
     for rate in args.rates:
-        results.append(summarise("pool", rate, anyio.run(_measure_pool, rate, args.seconds, args.workers)))
+        results.append(summarise("pool", rate, _measure_pool(rate, args.seconds, args.workers, sync=False)))
+        results.append(summarise("pool-sync", rate, _measure_pool(rate, args.seconds, args.workers, sync=True)))
         results.append(summarise("queue", rate, _measure_queue(rate, args.seconds, args.workers)))
     print(f"# latency: publish -> applied in a worker, {args.workers} workers, {args.seconds:g} s per rate")
     print("| design | offered msg/s | messages | p50 us | p99 us | p99.9 us |")
