@@ -246,12 +246,14 @@ class Slot:
 
     def wake(self) -> None:
         """Tell the writer there is something to send."""
-        self.wake_requested = False  # before the event: a publish after this point asks again
         self._work.set()
 
     async def wait_for_work(self) -> None:
         await self._work.wait()
         self._work = anyio.Event()
+        # Cleared by the writer once it is awake, before it takes the queue: a publish that saw the flag set
+        # had queued its frame before, so the writer takes it; one that queues after this point wakes it again.
+        self.wake_requested = False
 
     def has_queued(self) -> bool:
         """True if anything waits to be sent."""
