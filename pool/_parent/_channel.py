@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import socket
 import threading
+from collections import deque
 
 import anyio
 
@@ -33,14 +34,14 @@ class Channel:
         sock.setblocking(False)
         self._sock = sock
         self.lock = threading.Lock()
-        self._unsent: memoryview | None = None
+        self._unsent: deque[memoryview] = deque()  # what the kernel has not taken yet, in order
         self._received = bytearray()
         self.closed = False
 
     @property
     def blocked(self) -> bool:
         """True while part of a write waits for the socket to drain: later writes must wait too."""
-        return self._unsent is not None
+        return bool(self._unsent)
 
     def write(self, data: bytes | bytearray) -> None:
         """Send ``data`` now, as far as the kernel takes it; the rest waits for `drain`. Hold `lock`.
@@ -49,8 +50,8 @@ class Channel:
         """
         if self.closed:
             return
-        if self._unsent is not None:
-            self._unsent = memoryview(bytes(self._unsent) + bytes(data))
+        if self._unsent:
+            self._unsent.append(memoryview(data))  # behind the remainder, uncopied
             return
         try:
             sent = self._sock.send(data)
@@ -59,23 +60,26 @@ class Channel:
         except OSError:
             return  # the worker closed its end: it has exited or is about to
         if sent < len(data):
-            self._unsent = memoryview(data)[sent:]
+            self._unsent.append(memoryview(data)[sent:])
 
     async def drain(self) -> None:
         """Wait until nothing is left of the writes so far (or the channel is closed)."""
+        unsent = self._unsent
         while True:
             with self.lock:
-                if self._unsent is None or self.closed:
-                    return
-                try:
-                    sent = self._sock.send(self._unsent)
-                except BlockingIOError:
-                    sent = 0
-                except OSError:
-                    self._unsent = None
-                    return
-                self._unsent = self._unsent[sent:] if sent < len(self._unsent) else None
-                if self._unsent is None:
+                while unsent and not self.closed:
+                    try:
+                        sent = self._sock.send(unsent[0])
+                    except BlockingIOError:
+                        break
+                    except OSError:
+                        unsent.clear()  # the worker is gone; the process watcher requeues
+                        break
+                    if sent < len(unsent[0]):
+                        unsent[0] = unsent[0][sent:]
+                        break
+                    unsent.popleft()
+                if not unsent or self.closed:
                     return
             await anyio.wait_writable(self._sock)
 
@@ -117,6 +121,6 @@ class Channel:
             if self.closed:
                 return
             self.closed = True
-            self._unsent = None
+            self._unsent.clear()
         anyio.notify_closing(self._sock)
         self._sock.close()

@@ -197,7 +197,7 @@ class WorkerProcess:
         try:
             with anyio.fail_after(self._config.worker_startup_timeout):
                 with self._channel.lock:
-                    self._channel.write(self._encode([self._boot]))
+                    self._channel.write(self._encode(self._boot))
                 await self._channel.drain()
                 message = await self._receive()
         except TimeoutError:
@@ -281,16 +281,15 @@ class WorkerProcess:
                 if control is not None:
                     outgoing.append(_Sent(control))
                 self._inflight.extend(outgoing)
-                channel.write(self._encode([sent.message for sent in outgoing]))
+                for sent in outgoing:  # one buffer each: one growing buffer would be copied at every resize
+                    channel.write(self._encode(sent.message))
             return False
 
-    def _encode(self, messages: list[ToWorker]) -> bytearray:
-        """``messages`` as consecutive framed messages, in one buffer (one system call for all)."""
-        buffer = bytearray()
-        for message in messages:
-            start = len(buffer)
-            self._encoder.encode_into(message, buffer, start + HEADER_SIZE)
-            buffer[start : start + HEADER_SIZE] = frame_header(len(buffer) - start - HEADER_SIZE)
+    def _encode(self, message: ToWorker) -> bytearray:
+        """``message`` with its length prefix, in one buffer."""
+        buffer = bytearray(HEADER_SIZE)
+        self._encoder.encode_into(message, buffer, HEADER_SIZE)
+        buffer[:HEADER_SIZE] = frame_header(len(buffer) - HEADER_SIZE)
         return buffer
 
     async def _receive(self) -> FromWorker:
