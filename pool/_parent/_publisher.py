@@ -35,7 +35,7 @@ from pool.models import (
 
 from ._changes import Changes, LoopWaker
 from ._events import EventHub
-from ._slot import NO_ROOM, QUEUED_IDLE, Reply, Slot
+from ._slot import NO_ROOM, QUEUED, QUEUED_IDLE, Reply, Slot
 
 __all__ = ["DONE", "MORE", "Frame", "PublishCall", "Publishable", "Publisher"]
 
@@ -177,14 +177,16 @@ class Publisher:
                 if type(ids) is _RouteEvent and ids.price_changes is None and ids.asset_id is not None:
                     # The common case, one asset, kept inline: this loop bounds the whole pool's throughput.
                     slot = slots[route[ids.asset_id]]
-                    if slot.published - slot.applied >= limit or slot.broken is not None:
+                    offered = slot.offer(frame, limit)
+                    if offered == NO_ROOM:
                         if slot.broken is not None:
                             raise slot.broken
                         if not self._make_room(slot):
                             call.held = frame
                             outcome = slot
                             break
-                    if slot.append(frame):
+                        offered = QUEUED_IDLE if slot.append(frame) else QUEUED
+                    if offered == QUEUED_IDLE:
                         idle.add(slot)
                     elif always_wake:
                         touched.add(slot)

@@ -18,7 +18,7 @@ from pool._service._synthetic import SyntheticMarket
 from pool._wire._routing import slot_for
 from pool.models import ExitReason, PoolEvent, PoolEventKind, PoolState, WorkerState
 from tests.integration import handlers
-from tests.support import ReferenceBooks, ReferenceSource, as_decimals, wait_for
+from tests.support import ReferenceBooks, ReferenceSource, as_decimals, captured_logs, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -122,6 +122,37 @@ class TestRestartAndRebuild:
         assert status.last_exit_reason is ExitReason.HANG
         assert status.pid != victim.pid
         assert not psutil.pid_exists(victim.pid) or psutil.Process(victim.pid).status() == psutil.STATUS_ZOMBIE
+
+    def test_recovering_worker_overflowing_its_buffer_never_blocks_publish(self) -> None:
+        """While a killed worker's snapshots are held up, frames for it overflow its buffer (a small
+        max_pending_messages): publish drops the buffer instead of waiting, the books are fetched again once
+        the source answers, and every book ends exact."""
+        market = SyntheticMarket(100, seed=109)
+        reference = ReferenceBooks()
+        gate = threading.Event()
+        source = ReferenceSource(reference, gate=gate)
+        with (
+            captured_logs() as logs,
+            PersistentWorkerPool(config(max_pending_messages=200), snapshot_source=source) as pool,
+        ):
+            publish_tracked(pool, source, market.snapshots())
+            pool.flush(timeout=10)
+            victim = pool.get_status().workers[0]
+            assert victim.pid is not None
+            gate.clear()
+            os.kill(victim.pid, signal.SIGKILL)
+            wait_for(functools.partial(noticed, pool, 0, victim.pid), what="the kill noticed")
+            for _ in range(30):  # 3,000 frames, well past 200 for worker 0, one publish each
+                frames = list(market.updates(100))
+                with source.lock:
+                    source.reference.apply_frames(frames)
+                for frame in frames:
+                    pool.publish(frame, timeout=5)
+            gate.set()
+            wait_for(lambda: running(pool, 0), timeout=30, what="worker 0 rebuilt")
+            pool.flush(timeout=30)
+            assert_exact(pool, reference, market.asset_ids)
+        assert any(entry["event"] == "recovery_buffer_overflow" for entry in logs)
 
     def test_crash_loop_ends_failed_without_burning_cpu(self) -> None:
         """A worker whose handler kills its process on every snapshot: restarted with back-off until the
