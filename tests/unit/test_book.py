@@ -128,6 +128,18 @@ class TestDecimals:
         assert book.bids() == expected[::-1]
 
 
+    def test_snapshot_checks_every_size_as_parse_decimal_does(self) -> None:
+        """The one-call path of a snapshot's sizes refuses what parse_decimal refuses (a 16-digit size, a
+        sign, an exponent) and takes what it takes, long texts with trailing zeros included."""
+        book = OrderBook(ASSET)
+        book.apply_snapshot(book_event([("0.1", "1.500000000000000"), ("0.2", ".25")], []))
+        assert book.bids() == [("0.2", "0.25"), ("0.1", "1.5")]
+        for size in ["1234567890123456", "-1", "1e3", "12 "]:
+            with pytest.raises(MessageError):
+                book.apply_snapshot(book_event([("0.1", "1"), ("0.2", size)], []))
+        assert book.bids() == [("0.2", "0.25"), ("0.1", "1.5")]  # a refused snapshot changed nothing
+
+
 class TestOrderBook:
     def test_snapshot_orders_and_best_levels(self) -> None:
         """A snapshot in wire order (bids ascending, asks descending) gives best-first sides."""
