@@ -35,7 +35,7 @@ from pool.models import (
 
 from ._changes import Changes, LoopWaker
 from ._events import EventHub
-from ._slot import NO_ROOM, QUEUED, QUEUED_IDLE, Reply, Slot
+from ._slot import NO_ROOM, QUEUED, SEND_NOW, Reply, Slot
 
 __all__ = ["DONE", "MORE", "Frame", "PublishCall", "Publishable", "Publisher"]
 
@@ -134,7 +134,7 @@ class Publisher:
         offered = slot.offer(frame, self._limit)
         if offered == NO_ROOM:
             return False
-        if offered == QUEUED_IDLE:
+        if offered == SEND_NOW:
             self._send_now(slot)
         elif not slot.wake_requested and self._waker.on_loop():  # a writer already woken sends it too
             self._wake(slot)
@@ -155,7 +155,7 @@ class Publisher:
         slots, route, limit, slots_of = self._slots, self._route, self._limit, self._slots_of
         decode_ids = _route_decoder.decode
         always_wake = self._waker.on_loop()  # a wake-up on the loop's own thread costs next to nothing
-        idle: set[Slot] = set()  # slots that had nothing unapplied: sent from here, at the end
+        idle: set[Slot] = set()  # slots keeping up (few frames in flight): sent from here, at the end
         touched: set[Slot] = set()
         live: dict[Slot, list[str]] = {}
         accepted = rejected = unroutable = adjust = 0
@@ -185,8 +185,8 @@ class Publisher:
                             call.held = frame
                             outcome = slot
                             break
-                        offered = QUEUED_IDLE if slot.append(frame) else QUEUED
-                    if offered == QUEUED_IDLE:
+                        offered = SEND_NOW if slot.append(frame) else QUEUED
+                    if offered == SEND_NOW:
                         idle.add(slot)
                     elif always_wake:
                         touched.add(slot)
@@ -286,12 +286,13 @@ class Publisher:
 
     def _send_now(self, slot: Slot) -> None:
         """Send ``slot``'s queue from this thread, now: the path of a frame (or request) that finds its worker
-        idle, which then costs one system call and no turn of the loop. Whatever cannot go now (the slot is
-        not running, or its socket is full) is left to its writer, which is woken instead.
+        keeping up (fewer than a handful of frames in flight), which then costs one system call and no turn
+        of the loop. Whatever cannot go now (the slot is not running, or its socket is full) is left to its
+        writer, which is woken instead.
 
-        Only an idle slot is sent to this way: while frames are in flight, new ones queue and go in one
-        batch when the worker's acknowledgement wakes the writer, so a busy worker is sent batches, not a
-        system call per frame.
+        A busy slot is not sent to this way: once frames pile up in flight, new ones queue and go in one
+        batch when the worker's acknowledgement wakes the writer, so a worker behind its publisher is sent
+        batches, not a system call per frame.
         """
         process = slot.process
         if process is None or slot.state is not WorkerState.RUNNING or not process.send_queued(slot):
