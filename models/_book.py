@@ -330,31 +330,14 @@ class BookStore:
             if size is not None and event.changes is None and event.price_changes is None:
                 asset_id, price, side = event.asset_id, event.price, event.side
                 if asset_id is not None and price is not None and side is not None:
-                    # The one-level shape, nine frames in ten, kept flat on purpose: a call costs as much
-                    # as a dict operation, and this path is a few of them (`OrderBook.set_level`'s twin).
+                    # The one-level shape, nine frames in ten: no entries list, nothing to roll back.
                     book = self.books.get(asset_id)
                     if book is None or (book.floor is not None and not self._current(book, event.timestamp)):
                         if book is None and self._mine(asset_id):
                             self.skipped += 1
                         return []
                     price_value = _price_cache.get(price) or _parse_price(price)
-                    size_value = parse_decimal(size)
-                    if side == "BUY":
-                        prices, sizes = book._bid_prices, book._bid_sizes
-                    else:
-                        prices, sizes = book._ask_prices, book._ask_sizes
-                    index = bisect_left(prices, price_value)
-                    if index < len(prices) and prices[index] == price_value:
-                        if size_value:
-                            sizes[index] = size_value
-                        else:
-                            del prices[index]
-                            del sizes[index]
-                    elif size_value:
-                        prices.insert(index, price_value)
-                        sizes.insert(index, size_value)
-                    if event.timestamp is not None:
-                        book.timestamp = event.timestamp
+                    book.set_level(side, price_value, parse_decimal(size), event.timestamp)
                     return [book]
             return self._apply_price_changes(event)
         if type(event) is BookEvent:
@@ -364,18 +347,15 @@ class BookStore:
             if book is not None and not self._current(book, event.timestamp):
                 return []
             return [self._replace(event, floor=None)]
-        if type(event) is LastTradePrice:
+        if type(event) is LastTradePrice or type(event) is TickSizeChange:
             book = self._book_for(event.asset_id, event.timestamp)
-            if book is not None:
+            if book is None:
+                return []
+            if isinstance(event, LastTradePrice):
                 book.apply_trade(event)
-                return [book]
-            return []
-        if type(event) is TickSizeChange:
-            book = self._book_for(event.asset_id, event.timestamp)
-            if book is not None:
+            else:
                 book.apply_tick_size_change(event)
-                return [book]
-            return []
+            return [book]
         self.unknown += 1
         return []
 
