@@ -127,7 +127,6 @@ class TestDecimals:
         expected = [(price, format_decimal(parse_decimal(size))) for price, size in levels if Decimal(size)]
         assert book.bids() == expected[::-1]
 
-
     def test_snapshot_checks_every_size_as_parse_decimal_does(self) -> None:
         """The one-call path of a snapshot's sizes refuses what parse_decimal refuses (a 16-digit size, a
         sign, an exponent) and takes what it takes, long texts with trailing zeros included."""
