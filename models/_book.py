@@ -113,10 +113,10 @@ def _parse_price(text: str) -> float:
 def _parse_sizes(texts: list[str]) -> list[float]:
     """`parse_decimal` of every text, in one msgspec call when the same checks pass for all of them."""
     joined = ",".join(texts)
-    # `parse_decimal`'s two checks for all texts at once, in C: one table lookup a character marks digits
-    # and points "x" and anything else "!", and a text longer than 15 is a run of 16 marks.
+    # `parse_decimal`'s two checks for all texts at once, in C: one table lookup a byte marks digits and
+    # points "x" and anything else (non-ASCII bytes too) "!", and a text longer than 15 is a run of 16 marks.
     marked = joined.encode().translate(_MARKS)
-    if joined.isascii() and b"!" not in marked and _LONG_TEXT not in marked:
+    if b"!" not in marked and _LONG_TEXT not in marked:
         try:
             return _numbers.decode(f"[{joined}]")
         except msgspec.DecodeError:

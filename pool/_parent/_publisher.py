@@ -13,7 +13,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from typing import TypeAlias
+from typing import TypeAlias, cast
 
 import msgspec
 
@@ -35,7 +35,7 @@ from pool.models import (
 
 from ._changes import Changes, LoopWaker
 from ._events import EventHub
-from ._slot import NO_ROOM, QUEUED, SEND_NOW, Reply, Slot
+from ._slot import NO_LIMIT, NO_ROOM, QUEUED, SEND_NOW, Reply, Slot
 
 __all__ = ["DONE", "MORE", "Frame", "PublishCall", "Publishable", "Publisher"]
 
@@ -179,13 +179,13 @@ class Publisher:
                     slot = slots[route[ids.asset_id]]
                     offered = slot.offer(frame, limit)
                     if offered == NO_ROOM:
-                        if slot.broken is not None:
-                            raise slot.broken
-                        if not self._make_room(slot):
+                        if slot.broken is None and not self._make_room(slot):
                             call.held = frame
                             outcome = slot
                             break
-                        offered = SEND_NOW if slot.append(frame) else QUEUED
+                        offered = slot.offer(frame, NO_LIMIT)  # a recovering slot never blocks publish
+                        if offered == NO_ROOM:
+                            raise cast(BrokenWorkerError, slot.broken)  # only a slot given up refuses this
                     if offered == SEND_NOW:
                         idle.add(slot)
                     elif always_wake:
@@ -207,16 +207,19 @@ class Publisher:
                         call.held = frame
                         outcome = full
                         break
+                    queued = 0
                     for slot in working:
-                        if slot.append(frame):
+                        offered = slot.offer(frame, NO_LIMIT)  # room was checked above, for all of them
+                        if offered == SEND_NOW:
                             idle.add(slot)
-                        elif always_wake:
+                        elif offered == QUEUED and always_wake:
                             touched.add(slot)
+                        queued += offered != NO_ROOM  # NO_ROOM: given up since `working` was taken
                     for slot, asset_id in books:
                         if slot.broken is None and slot.note_book(asset_id):
                             live.setdefault(slot, []).append(asset_id)
-                    adjust += 1 - len(working)
-                    if len(working) < len(targets) and call.given_up is None:
+                    adjust += 1 - queued
+                    if queued < len(targets) and call.given_up is None:
                         # The frame reached its other workers; the caller hears of the failed one at the end.
                         call.given_up = next(slot.broken for slot in targets if slot.broken is not None)
                 accepted += 1

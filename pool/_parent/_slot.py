@@ -14,6 +14,7 @@ holds the slot's lock, for a few dictionary and list operations at most. Everyth
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from collections import deque
@@ -32,7 +33,7 @@ from ._changes import Changes
 if TYPE_CHECKING:
     from ._process import WorkerProcess
 
-__all__ = ["NO_ROOM", "QUEUED", "SEND_NOW", "QueueItem", "Reply", "Slot"]
+__all__ = ["NO_LIMIT", "NO_ROOM", "QUEUED", "SEND_NOW", "QueueItem", "Reply", "Slot"]
 
 # What `Slot.offer` says of a frame.
 QUEUED = 0
@@ -42,6 +43,7 @@ SEND_NOW = 1  # queued, and so few frames are in flight that the caller should s
 # that keeps up gets frames, not a system call's worth of batching delay. Above it, frames batch.
 _SEND_NOW_BELOW = 8
 NO_ROOM = 2
+NO_LIMIT = sys.maxsize
 
 # What the writer sends next: frames (in publish order), then optionally one control message.
 QueueItem = tuple[list[bytes], ToWorker | None]
@@ -108,23 +110,10 @@ class Slot:
         """Frames queued or in flight that no process has applied yet."""
         return self.published - self.applied
 
-    def append(self, frame: bytes) -> bool:
-        """Queue one frame behind everything queued so far; True if so few frames are in flight that the
-        caller should send now (`SEND_NOW`; see `Publisher`).
-
-        Raises:
-            PoolClosedError: the slot's `Stop` is queued: a frame behind it would never be applied.
-        """
-        with self._lock:
-            if self._closed:
-                raise self._closed_error()
-            self._frames.append(frame)
-            self.published += 1
-            return self.published - self.applied <= _SEND_NOW_BELOW
-
     def offer(self, frame: bytes, limit: int) -> int:
-        """`append` if the slot has room for it: `QUEUED`, `SEND_NOW` (few frames in flight: send now), or
-        `NO_ROOM` (``limit`` frames are unapplied, or the slot was given up) with nothing queued.
+        """Queue one frame behind everything queued so far, if the slot has room for it: `QUEUED`, `SEND_NOW`
+        (few frames in flight: send now), or `NO_ROOM` (``limit`` frames are unapplied, or the slot was given
+        up) with nothing queued. `NO_LIMIT` queues whatever is pending, unless the slot was given up.
 
         One call for the whole one-frame publish, since a call costs as much as the work it does.
 
