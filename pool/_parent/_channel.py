@@ -50,38 +50,35 @@ class Channel:
         """
         if self.closed:
             return
-        if self._unsent:
-            self._unsent.append(memoryview(data))  # behind the remainder, uncopied
-            return
-        try:
-            sent = self._sock.send(data)
-        except BlockingIOError:
-            sent = 0
-        except OSError:
-            return  # the worker closed its end: it has exited or is about to
-        if sent < len(data):
-            self._unsent.append(memoryview(data)[sent:])
+        self._unsent.append(memoryview(data))  # behind any remainder, uncopied
+        if len(self._unsent) == 1:
+            self._send_unsent()
 
     async def drain(self) -> None:
         """Wait until nothing is left of the writes so far (or the channel is closed)."""
-        unsent = self._unsent
         while True:
             with self.lock:
-                while unsent and not self.closed:
-                    try:
-                        sent = self._sock.send(unsent[0])
-                    except BlockingIOError:
-                        break
-                    except OSError:
-                        unsent.clear()  # the worker is gone; the process watcher requeues
-                        break
-                    if sent < len(unsent[0]):
-                        unsent[0] = unsent[0][sent:]
-                        break
-                    unsent.popleft()
-                if not unsent or self.closed:
+                if not self.closed:
+                    self._send_unsent()
+                if not self._unsent or self.closed:
                     return
             await anyio.wait_writable(self._sock)
+
+    def _send_unsent(self) -> None:
+        """Send from the head of `_unsent` until it is empty or the socket is full. Hold `lock`."""
+        unsent = self._unsent
+        while unsent:
+            try:
+                sent = self._sock.send(unsent[0])
+            except BlockingIOError:
+                return
+            except OSError:
+                unsent.clear()  # the worker closed its end: it has exited, and the watcher requeues
+                return
+            if sent < len(unsent[0]):
+                unsent[0] = unsent[0][sent:]
+                return
+            unsent.popleft()
 
     async def receive(self) -> bytes:
         """The next whole message from the worker.
