@@ -33,7 +33,7 @@ from ._changes import Changes
 from ._core import PoolCore
 from ._events import Listener
 from ._factories import HandlerFactory, prepare_factory
-from ._publisher import DONE, MORE, Publishable, PublishCall, Publisher
+from ._publisher import DONE, MORE, TAKEN, Publishable, PublishCall, Publisher
 from ._slot import Reply, Slot
 from ._snapshots import SnapshotSource, as_snapshot_source
 from ._status import alive_count, build_status
@@ -111,9 +111,11 @@ class PersistentWorkerPool:
         self._feeds: dict[str, Callable[[], FeedStatus]] = {}
         self._thread: LoopThread | None = None  # the loop's thread, under ``with``
         # While the pool runs: the publisher, for the one-frame fast path of `publish`, and what that path
-        # returns (`_DONE` under ``async with``), so it tests nothing but the frame.
+        # returns (`_DONE` under ``async with``; `_TURN` when the writers are owed a turn), so it tests
+        # nothing but the frame.
         self._fast_publisher: Publisher | None = None
         self._fast_result: _Done | None = None
+        self._turn_result: _Turn | None = None
         self._exit_stack: AsyncExitStack | None = None  # the caller's task group, under ``async with``
         # Serialises starting and stopping the loop's thread: concurrent shutdowns (say, wait=False then
         # wait=True) stop it once; the later caller waits until the first has finished.
@@ -141,7 +143,7 @@ class PersistentWorkerPool:
             await stack.aclose()
             raise
         self._exit_stack = stack
-        self._fast_publisher, self._fast_result = self._core.publisher, _DONE
+        self._fast_publisher, self._fast_result, self._turn_result = self._core.publisher, _DONE, _TURN
         return self
 
     async def __aexit__(
@@ -197,8 +199,9 @@ class PersistentWorkerPool:
             PoolClosedError: the pool was shut down.
         """
         fast = self._fast_publisher
-        if fast is not None and type(data) is bytes and fast.push_frame(data):
-            return self._fast_result  # one frame, the common case of a feed loop: no call object, no wait
+        if fast is not None and type(data) is bytes and (taken := fast.push_frame(data)):
+            # One frame, the common case of a feed loop: no call object, no wait.
+            return self._fast_result if taken == TAKEN else self._turn_result
         publisher = self._running_publisher("publish")
         call = PublishCall(data, timeout)
         if self._mode is _Mode.ASYNC:
@@ -440,7 +443,7 @@ class PersistentWorkerPool:
             thread = LoopThread()
             thread.start(self._core.serve)
             self._thread = thread
-            self._fast_publisher, self._fast_result = self._core.publisher, None
+            self._fast_publisher, self._fast_result, self._turn_result = self._core.publisher, None, None
 
     def _stop_sync(self) -> None:
         with self._lifecycle_lock:
@@ -488,6 +491,20 @@ class _Done:
 
 
 _DONE = _Done()
+
+
+class _Turn:
+    """What the one-frame fast path of `publish` returns under ``async with`` when the frames it queued need
+    the loop: awaiting it yields once, so the writers send them while the caller goes on publishing.
+
+    Cancel-shielded: the frame is already accepted, and a cancellation delivered here would make a publish
+    that succeeded look as if it had failed."""
+
+    def __await__(self) -> Iterator[None]:
+        return anyio.lowlevel.cancel_shielded_checkpoint().__await__()
+
+
+_TURN = _Turn()
 
 
 async def _ready(value: T) -> T:

@@ -348,6 +348,27 @@ class TestAsync:
         assert pool.state is PoolState.STOPPED
         assert not any(_alive(pid) for pid in pids)
 
+    @pytest.mark.anyio
+    async def test_a_task_that_only_publishes_still_lets_its_frames_go_out(self, anyio_backend: str) -> None:
+        """A burst of one-frame publishes that awaits nothing else is applied while it lasts, not after it.
+
+        `get_status()` learns of applied frames only from acknowledgements, which the loop reads when the
+        publishing task yields; so a count that moves during the burst shows the writers and the reader ran.
+        """
+        market = SyntheticMarket(20, seed=23)
+        updates = [frame for frame in market.updates(5_000) if b'"book"' not in frame and b"price_changes" not in frame]
+        async with PersistentWorkerPool(config(worker_count=1, max_pending_messages=10_000_000)) as pool:
+            await pool.publish(market.snapshots())
+            await pool.flush(timeout=30)
+            applied_before = pool.get_status().messages_applied
+            published = 0
+            # Bounded by frames (about a second of publishing), not by time: without turns it never ends.
+            while pool.get_status().messages_applied == applied_before and published < 300_000:
+                await pool.publish(updates[published % len(updates)])
+                published += 1
+            assert pool.get_status().messages_applied > applied_before, f"nothing applied in {published} frames"
+            await pool.flush(timeout=30)
+
 
 class TestLifecycle:
     def test_exception_in_block_leaves_no_process(self) -> None:
