@@ -16,10 +16,13 @@ from ._messages import (
     MessageError,
     PriceChange,
     PriceChangeEntry,
+    RejectedEvent,
+    Rejection,
     Side,
     TickSizeChange,
     UnknownEvent,
     decode_frame,
+    event_asset_ids,
 )
 from ._status import (
     BATCH_SECONDS_BOUNDS,
@@ -58,6 +61,8 @@ __all__ = [
     "PoolStatus",
     "PriceChange",
     "PriceChangeEntry",
+    "RejectedEvent",
+    "Rejection",
     "Side",
     "TickSizeChange",
     "Trade",
@@ -66,6 +71,7 @@ __all__ = [
     "WorkerStats",
     "WorkerStatus",
     "decode_frame",
+    "event_asset_ids",
     "format_decimal",
     "parse_decimal",
 ]

@@ -34,6 +34,7 @@ from ._messages import (
     Level,
     MessageError,
     PriceChange,
+    RejectedEvent,
     Side,
     TickSizeChange,
     UnknownEvent,
@@ -319,11 +320,11 @@ class BookStore:
     def __len__(self) -> int:
         return len(self.books)
 
-    def apply(self, event: Event | UnknownEvent) -> list[OrderBook]:
+    def apply(self, event: Event | UnknownEvent | RejectedEvent) -> list[OrderBook]:
         """Apply one event; return the books it changed, in the order it changed them.
 
         Raises:
-            MessageError: a value in the event is invalid; no book was changed.
+            MessageError: a value in the event is invalid, or it is a `RejectedEvent`; no book was changed.
         """
         if type(event) is PriceChange:
             size = event.size
@@ -356,16 +357,23 @@ class BookStore:
             else:
                 book.apply_tick_size_change(event)
             return [book]
+        if type(event) is RejectedEvent:
+            raise event.error()
         self.unknown += 1
         return []
 
     def _apply_price_changes(self, event: PriceChange) -> list[OrderBook]:
-        """A price change of several levels (or books): all of it, or none if any entry is invalid."""
+        """A price change of several levels (or books): all of it, or none if any entry is invalid.
+
+        Every entry is checked, held here or not: each worker an event spans then rejects it or applies its
+        part alike, so no event is ever half-applied across workers.
+        """
         updates: list[tuple[OrderBook, Side, float, float]] = []
         for asset_id, side, price, size in event.entries():
+            price_value, size_value = _parse_price(price), parse_decimal(size)
             book = self._book_for(asset_id, event.timestamp)
             if book is not None:
-                updates.append((book, side, _parse_price(price), parse_decimal(size)))
+                updates.append((book, side, price_value, size_value))
         changed: list[OrderBook] = []
         for book, side, price_value, size_value in updates:
             book.set_level(side, price_value, size_value, event.timestamp)

@@ -141,7 +141,8 @@ class WorkerStats(msgspec.Struct, frozen=True, kw_only=True):
 
     ``messages_processed`` counts frames taken off the channel (including rejected ones), ``updates_applied``
     the level changes, trades and tick changes applied, ``snapshots_received`` the `book` events applied.
-    ``errors`` counts rejected frames, ``handler_errors`` exceptions raised by the user's handler,
+    ``errors`` counts rejected frames and events, and ``rejections`` the same by reason (the keys are
+    `models.Rejection` values); ``handler_errors`` counts exceptions raised by the user's handler,
     ``unknown_events`` well-formed events of types the pool does not apply, and ``skipped_updates`` events
     for owned assets with no book yet. ``processing_time_ms`` is the time spent decoding and applying
     batches, summed (wall time: it includes any time the process was not scheduled).
@@ -160,6 +161,7 @@ class WorkerStats(msgspec.Struct, frozen=True, kw_only=True):
     memory_usage_bytes: int = 0
     books_memory_bytes: int = 0
     errors: int = 0
+    rejections: dict[str, int] = {}
     handler_errors: int = 0
     unknown_events: int = 0
     skipped_updates: int = 0
@@ -185,6 +187,7 @@ class WorkerStatus(msgspec.Struct, frozen=True, kw_only=True):
     messages: int
     errors: int
     pending: int
+    rejections: dict[str, int] = {}
     memory_bytes: int
     last_heartbeat_age: float | None
     restarts: int
@@ -230,8 +233,10 @@ class PoolStatus(msgspec.Struct, frozen=True, kw_only=True):
 
     ``messages_published`` counts frames accepted by `publish`; ``messages_applied`` counts deliveries
     applied by workers (a frame whose assets span two workers is delivered, and counted, twice).
-    ``frames_rejected`` counts malformed frames, whether the parent or a worker caught them;
-    ``frames_unroutable`` well-formed frames that name no asset (service text, ``new_market``).
+    ``frames_rejected`` counts malformed frames and events, whether the parent or a worker caught them
+    (each once, over the pool's life, restarts included), and ``rejections`` the same by reason (the keys
+    are `models.Rejection` values); ``frames_unroutable`` counts well-formed frames that name no asset
+    (service text, ``new_market``).
     """
 
     pool_status: PoolState
@@ -247,4 +252,5 @@ class PoolStatus(msgspec.Struct, frozen=True, kw_only=True):
     frames_unroutable: int
     total_books: int
     restarts: int
+    rejections: dict[str, int] = {}
     feeds: dict[str, FeedStatus] = msgspec.field(default_factory=dict)

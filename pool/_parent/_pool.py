@@ -185,10 +185,11 @@ class PersistentWorkerPool:
             timeout: the longest to wait for room when a worker has ``max_pending_messages`` frames not
                 yet applied; ``None`` waits as long as it takes.
 
-        A frame that is not JSON, or whose asset id is not a string, is counted in ``frames_rejected`` and
-        logged; a service text frame (``PONG``) or an event naming no asset is counted in
-        ``frames_unroutable``. Neither reaches a worker or stops the rest of ``data``; the workers count the
-        frames they reject themselves.
+        A frame that cannot be read (not JSON or UTF-8, nested too deeply, over 1 GiB), or whose malformed
+        events name no asset, is counted in ``frames_rejected`` and logged; a service text frame (``PONG``)
+        or an event naming no asset is counted in ``frames_unroutable``. Neither reaches a worker or stops
+        the rest of ``data``. A frame's other malformed events are counted, one by one, by the workers that
+        apply the valid events beside them.
 
         Raises:
             TypeError: ``data`` is not a frame, an event Struct or an iterable of them.
@@ -343,6 +344,7 @@ class PersistentWorkerPool:
             memory=watch.memory if watch is not None else core.initial_memory,
             published=publisher.published if publisher else 0,
             rejected=publisher.rejected if publisher else 0,
+            rejections=dict(publisher.rejections) if publisher else {},
             unroutable=publisher.unroutable if publisher else 0,
             rate=core.rate.rate(),
             feeds=self._feeds,

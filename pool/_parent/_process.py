@@ -49,6 +49,7 @@ from pool._wire._protocol import (
     Trim,
     Trimmed,
     frame_header,
+    split_batches,
 )
 from pool.models import ExitReason, PoolConfig, PoolEvent, PoolEventKind, WorkerStats
 
@@ -57,11 +58,6 @@ from ._factories import PreparedFactory
 from ._slot import QueueItem, Slot
 
 __all__ = ["TERMINATE_GRACE", "Launcher", "WorkerProcess", "describe_exit", "explain_exit"]
-
-# Frames per pipe message. Larger batches amortise the per-message cost (encode, syscall, ack); smaller
-# ones let the worker start sooner and keep latency low. Under load the writer sends whatever has queued
-# while it was busy, so this bound matters only for big bursts; 1024 frames of ~400 bytes is ~400 KB.
-_MAX_BATCH_FRAMES = 1024
 
 # How long a worker may take to die after SIGTERM before it gets SIGKILL. Short: by then it has already
 # ignored a graceful Stop for the whole shutdown_timeout.
@@ -178,6 +174,7 @@ class WorkerProcess:
         self._inflight: deque[_Sent] = deque()
         self._kill_reason: ExitReason | None = None
         self._scope: anyio.CancelScope | None = None
+        self._on_books_rejected: Callable[[list[str]], None] = lambda asset_ids: None  # set by `serve`
         # Set when the process is gone (under the channel's lock, so no thread sends to it after). Cancellation
         # reaches a task only at its next checkpoint, so the writer and reader may still run a step; they check
         # this and stop instead of taking requeued items or applying a stale acknowledgement to the slot.
@@ -229,13 +226,21 @@ class WorkerProcess:
 
     # ------------------------------------------------------------------------------------- serve
 
-    def serve(self, task_group: anyio.abc.TaskGroup, slot: Slot, on_exit: Callable[[WorkerProcess], None]) -> None:
+    def serve(
+        self,
+        task_group: anyio.abc.TaskGroup,
+        slot: Slot,
+        on_exit: Callable[[WorkerProcess], None],
+        on_books_rejected: Callable[[list[str]], None],
+    ) -> None:
         """Run this process's writer, reader and watcher for ``slot`` until it exits.
 
-        ``on_exit(self)`` runs when it has exited, after what was in flight went back to the slot and before
-        ``exited`` is set, with no await in between: nobody sees the slot half-way.
+        ``on_books_rejected(asset_ids)`` runs when the worker reports `book` snapshots it rejected (now
+        stale in the slot). ``on_exit(self)`` runs when it has exited, after what was in flight went back to
+        the slot and before ``exited`` is set, with no await in between: nobody sees the slot half-way.
         """
         self.last_heard = time.monotonic()  # a snapshot fetch may have taken longer than heartbeat_timeout
+        self._on_books_rejected = on_books_rejected
         task_group.start_soon(self._serve, slot, on_exit, name=f"pool-worker-{self.worker_id}")
 
     async def _serve(self, slot: Slot, on_exit: Callable[[WorkerProcess], None]) -> None:
@@ -274,8 +279,7 @@ class WorkerProcess:
                     return True
                 frames, control = item
                 outgoing = []
-                for start in range(0, len(frames), _MAX_BATCH_FRAMES):
-                    chunk = frames[start : start + _MAX_BATCH_FRAMES]
+                for chunk in split_batches(frames):
                     self._sent_seq += len(chunk)
                     outgoing.append(_Sent(Batch(chunk), self._sent_seq))
                 if control is not None:
@@ -303,11 +307,13 @@ class WorkerProcess:
                     return
                 self.last_heard = time.monotonic()
                 match message:
-                    case Progress(stats, logs):
+                    case Progress(stats, logs, rejected_books):
                         self.stats = stats
                         self.acked = stats.applied_seq
                         self._trim_inflight(slot)
                         slot.progressed(self.acked)
+                        if rejected_books:
+                            self._on_books_rejected(slot.books_rejected(rejected_books))
                         if slot.has_queued():
                             slot.wake()  # publish did not, while this batch was in flight
                         if logs:

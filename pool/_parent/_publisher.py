@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import TypeAlias, cast
 
 import msgspec
 
 from pool._exceptions import BrokenWorkerError, PoolTimeoutError
-from pool._wire._protocol import GetBook, MarkStale
+from pool._wire._protocol import MAX_FRAME_BYTES, GetBook, MarkStale
 from pool._wire._routing import Router
 from pool._wire._tally import Tally
 from pool.models import (
@@ -27,10 +27,10 @@ from pool.models import (
     MessageError,
     PoolEvent,
     PoolEventKind,
-    PriceChange,
-    UnknownEvent,
+    RejectedEvent,
     WorkerState,
     decode_frame,
+    event_asset_ids,
 )
 
 from ._changes import Changes, LoopWaker
@@ -132,6 +132,7 @@ class Publisher:
         self._adjust = 0
         self._queued_since_turn = 0  # by the loop's thread, since `push_frame` last said TAKEN_TURN_DUE
         self.rejected = 0
+        self.rejections: dict[str, int] = {}  # `rejected`, by reason (`models.Rejection`)
         self.unroutable = 0
 
     def push_frame(self, frame: bytes) -> int:
@@ -154,6 +155,8 @@ class Publisher:
             or ids.event_type == "book"
         ):
             return NOT_TAKEN
+        if len(frame) > MAX_FRAME_BYTES:
+            return NOT_TAKEN  # `push` rejects it and says why
         slot = self._slots[self._route[asset_id]]
         offered = slot.offer(frame, self._limit)
         if offered == NO_ROOM:
@@ -187,7 +190,8 @@ class Publisher:
         idle: set[Slot] = set()  # slots keeping up (few frames in flight): sent from here, at the end
         touched: set[Slot] = set()
         live: dict[Slot, list[str]] = {}
-        accepted = rejected = unroutable = adjust = 0
+        accepted = unroutable = adjust = 0
+        rejected: list[MessageError] = []  # frames and events no worker will see, counted here
         outcome: Slot | str = MORE
         try:
             for _ in range(PUSH_FRAMES):
@@ -198,10 +202,23 @@ class Publisher:
                     if item is None:
                         outcome = DONE
                         break
-                    frame = item if type(item) is bytes else _to_frame(item)
+                    try:
+                        frame = item if type(item) is bytes else _to_frame(item)
+                    except MessageError as exc:
+                        rejected.append(exc)
+                        continue
+                if len(frame) > MAX_FRAME_BYTES:
+                    rejected.append(
+                        MessageError(
+                            f"frame of {len(frame):,} bytes is larger than a worker's channel carries "
+                            f"({MAX_FRAME_BYTES:,} bytes)",
+                            "too_large",
+                        )
+                    )
+                    continue
                 try:
                     ids = decode_ids(frame)
-                except msgspec.DecodeError:
+                except (msgspec.DecodeError, RecursionError):
                     ids = None
                 if type(ids) is _RouteEvent and ids.price_changes is None and ids.asset_id is not None:
                     # The common case, one asset, kept inline: this loop bounds the whole pool's throughput.
@@ -223,12 +240,14 @@ class Publisher:
                         live.setdefault(slot, []).append(ids.asset_id)
                 else:
                     try:
-                        targets, books = slots_of(frame, ids)
+                        targets, books, orphans = slots_of(frame, ids)
                     except MessageError as exc:
-                        rejected += 1
-                        self._note("frame_rejected", reason=str(exc))
+                        rejected.append(exc)
                         continue
                     if not targets:
+                        if orphans:  # malformed events that name no asset: nobody else can count them
+                            rejected.extend(orphans)
+                            continue
                         unroutable += 1  # accepted, and nobody's: a service text frame, a `new_market`...
                     working = [slot for slot in targets if slot.broken is None]
                     full = next((s for s in working if s.pending >= limit and not self._make_room(s)), None)
@@ -256,8 +275,11 @@ class Publisher:
             call.accepted += accepted
             with self._lock:
                 self._adjust += adjust
-                self.rejected += rejected
                 self.unroutable += unroutable
+                for error in rejected:
+                    self.rejected += 1
+                    self.rejections[error.reason] = self.rejections.get(error.reason, 0) + 1
+                    self._tally.note("frame_rejected", "warning", reason=str(error))
             for slot in idle:
                 self._send_now(slot)
             for slot in touched - idle:
@@ -343,10 +365,6 @@ class Publisher:
             slot.wake_requested = True
             self._waker.soon(slot.wake)
 
-    def _note(self, event: str, **example: str | int) -> None:
-        with self._lock:
-            self._tally.note(event, "warning", **example)
-
     def _book_event(self, slot: Slot, kind: PoolEventKind, asset_ids: list[str], detail: str) -> None:
         self._events.emit(PoolEvent(kind=kind, worker_id=slot.worker_id, asset_ids=asset_ids, detail=detail))
 
@@ -366,37 +384,49 @@ class Publisher:
 
     def _slots_of(
         self, frame: bytes, ids: _RouteEvent | list[_RouteEvent] | None
-    ) -> tuple[list[Slot], list[tuple[Slot, str]]]:
-        """The slots of a frame that is not a plain one-asset event, and the (slot, asset) of its books.
+    ) -> tuple[list[Slot], list[tuple[Slot, str]], list[MessageError]]:
+        """The slots of a frame that is not a plain one-asset event, the (slot, asset) of its books, and,
+        for a frame no slot takes, the errors of the events rejected in it (a worker counts those of a
+        frame it receives; these would reach none).
 
         Raises:
-            MessageError: the frame is malformed (`pool.models.decode_frame` says how).
+            MessageError: the frame cannot be read at all (`pool.models.decode_frame` says how).
         """
         route, slots = self._route, self._slots
         targets: dict[int, Slot] = {}
         books: list[tuple[Slot, str]] = []
         if ids is None or (type(ids) is _RouteEvent and ids.asset_id is None and ids.price_changes is None):
-            # Ids that do not parse, or no asset named: a service text frame or an event with no asset (no
-            # slots; unroutable), or a malformed frame (raises).
-            for event in decode_frame(frame):
-                for asset_id in _asset_ids(event):
+            # Ids that do not parse, or no asset named: decode it all, to route what names an asset (a
+            # malformed event among them included: its worker counts it) and to tell the rest apart.
+            events = decode_frame(frame)
+            for event in events:
+                for asset_id in event_asset_ids(event):
                     slot = targets.setdefault(route[asset_id], slots[route[asset_id]])
-                    if isinstance(event, BookEvent):
+                    if type(event) is BookEvent:
                         books.append((slot, asset_id))
-            return list(targets.values()), books
-        for routed in ids if isinstance(ids, list) else [ids]:
-            if routed.asset_id is not None:
-                slot = targets.setdefault(route[routed.asset_id], slots[route[routed.asset_id]])
-                if routed.is_book:
-                    books.append((slot, routed.asset_id))
-            for entry in routed.price_changes or ():
-                targets.setdefault(route[entry.asset_id], slots[route[entry.asset_id]])
-        return list(targets.values()), books
+        else:
+            for routed in ids if isinstance(ids, list) else [ids]:
+                if routed.asset_id is not None:
+                    slot = targets.setdefault(route[routed.asset_id], slots[route[routed.asset_id]])
+                    if routed.is_book:
+                        books.append((slot, routed.asset_id))
+                for entry in routed.price_changes or ():
+                    targets.setdefault(route[entry.asset_id], slots[route[entry.asset_id]])
+            if targets:
+                return list(targets.values()), books, []
+            events = decode_frame(frame)  # an array naming no asset: what is in it?
+        orphans = [] if targets else [event.error() for event in events if type(event) is RejectedEvent]
+        return list(targets.values()), books, orphans
 
 
 def _frames_of(data: Publishable) -> Iterator[Frame | Event]:
     if isinstance(data, (bytes, bytearray, memoryview, str, msgspec.Struct)):
         return iter([data])
+    if isinstance(data, Mapping):
+        raise TypeError(
+            "publish takes a frame (bytes or str: a JSON event or array of events, as the feed sent it), an "
+            "event Struct, or an iterable of them; got a dict: pass msgspec.json.encode(it) to publish it as JSON"
+        )
     try:
         return iter(data)
     except TypeError:
@@ -407,8 +437,17 @@ def _frames_of(data: Publishable) -> Iterator[Frame | Event]:
 
 
 def _to_frame(item: Frame | Event) -> bytes:
+    """``item`` as frame bytes.
+
+    Raises:
+        MessageError: a ``str`` that is not valid text (a lone surrogate): no feed could have sent it.
+        TypeError: ``item`` is not a frame or an event Struct.
+    """
     if isinstance(item, str):
-        return item.encode()
+        try:
+            return item.encode()
+        except UnicodeEncodeError as exc:
+            raise MessageError(f"frame is not valid text ({exc.reason} at {exc.start})", "not_json") from None
     if isinstance(item, (bytes, bytearray, memoryview)):
         return bytes(item)
     if isinstance(item, msgspec.Struct):
@@ -417,11 +456,3 @@ def _to_frame(item: Frame | Event) -> bytes:
         f"publish takes frames (bytes or str) or event Structs, or an iterable of them; an item is a "
         f"{type(item).__name__}: {item!r:.80}"
     )
-
-
-def _asset_ids(event: Event | UnknownEvent) -> list[str]:
-    if isinstance(event, PriceChange):
-        return [asset_id for asset_id, _, _, _ in event.entries()]
-    if isinstance(event, UnknownEvent):
-        return []
-    return [event.asset_id]

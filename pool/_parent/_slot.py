@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -26,7 +26,7 @@ import anyio
 
 from pool._exceptions import BrokenWorkerError, PoolClosedError
 from pool._wire._protocol import GetBook, Rebuild, ToWorker, Trim
-from pool.models import BookView, ExitReason, WorkerState
+from pool.models import BookView, ExitReason, WorkerState, WorkerStats
 
 from ._changes import Changes
 
@@ -83,6 +83,9 @@ class Slot:
         # Books: assets a `book` was routed here for; of those, the ones known to be waiting for a snapshot;
         # of those, the ones a feed marked (`mark_stale`): a recovery snapshot does not clear them, a `book` does.
         self._assets: set[str] = set()
+        # Per asset, the slot's count of published frames when its latest `book` was queued: a worker's
+        # report that it rejected a book is stale news if a later book has been queued but not yet applied.
+        self._latest_book: dict[str, int] = {}
         self._stale: set[str] = set()
         self._marked_stale: set[str] = set()
         self.refetch = False  # frames were dropped during a snapshot fetch: fetch again
@@ -99,6 +102,9 @@ class Slot:
         self.last_restart_at: float | None = None  # wall-clock time
         self.last_memory_exit: float | None = None  # monotonic time of the last memory recycle or restart
         self.exit_code: int | None = None
+        # The rejections counted by the slot's exited processes: its counters are cumulative across restarts.
+        self.retired_errors = 0
+        self.retired_rejections: dict[str, int] = {}
         self.broken: BrokenWorkerError | None = None  # set once the slot is given up (failed or stopped)
         self._work = anyio.Event()
         self._running = anyio.Event()
@@ -208,6 +214,7 @@ class Slot:
         """
         with self._lock:
             self._assets.add(asset_id)
+            self._latest_book[asset_id] = self.published
             if asset_id not in self._stale:
                 return False
             self._stale.discard(asset_id)
@@ -222,6 +229,26 @@ class Slot:
             self._stale.update(held)
             self._marked_stale.update(held)
         return held, newly
+
+    def retire(self, stats: WorkerStats | None) -> None:
+        """Keep the counts an exited process reported, so the slot's totals outlive it."""
+        if stats is None:
+            return
+        self.retired_errors += stats.errors
+        add_counts(self.retired_rejections, stats.rejections)
+
+    def books_rejected(self, asset_ids: Iterable[str]) -> list[str]:
+        """The worker rejected a `book` for each of ``asset_ids`` and holds it stale; return the newly stale.
+
+        The slot holds them from now on (so a replacement asks the snapshot source for them), stale until a
+        `book` or a recovery snapshot is applied. An asset with a later `book` queued and not yet applied is
+        left alone: that book decides. Call after `progressed` for the same report."""
+        with self._lock:
+            current = [a for a in asset_ids if self._latest_book.get(a, 0) <= self.applied]
+            newly = sorted(set(current) - self._stale)
+            self._assets.update(current)
+            self._stale.update(newly)
+        return newly
 
     def begin_rebuild(self) -> list[str]:
         """Mark every held book stale for a rebuild; return them, sorted."""
@@ -344,3 +371,10 @@ class Slot:
         while self.abnormal_exits and self.abnormal_exits[0] < horizon:
             self.abnormal_exits.popleft()
         return len(self.abnormal_exits)
+
+
+def add_counts(totals: dict[str, int], counts: Mapping[str, int]) -> dict[str, int]:
+    """Add ``counts`` into ``totals`` key by key; return ``totals``."""
+    for key, count in counts.items():
+        totals[key] = totals.get(key, 0) + count
+    return totals

@@ -17,7 +17,7 @@ from typing import Any, Protocol, TypeAlias, runtime_checkable
 import anyio
 import msgspec
 
-from pool.models import BookEvent, MessageError, decode_frame
+from pool.models import BookEvent, MessageError, RejectedEvent, decode_frame
 
 __all__ = ["CallableSnapshotSource", "Snapshot", "SnapshotSource", "as_snapshot_source", "snapshot_frames"]
 
@@ -70,18 +70,23 @@ def as_snapshot_source(source: Any) -> SnapshotSource | None:
     return CallableSnapshotSource(source)
 
 
-def snapshot_frames(snapshots: Iterable[Snapshot], wanted: set[str]) -> dict[str, bytes]:
-    """Validate what a source returned: one `book` frame per wanted asset (the last one wins).
-
-    Raises:
-        MessageError: a snapshot is not a `book`, or is malformed.
-    """
+def snapshot_frames(snapshots: Iterable[Snapshot], wanted: set[str]) -> tuple[dict[str, bytes], list[str]]:
+    """Sort what a source returned: one `book` frame per wanted asset (the last one wins), and why each
+    item that is not a readable `book` was skipped (its asset, if it is one, then counts as missing)."""
     frames: dict[str, bytes] = {}
-    for snapshot in snapshots:
-        events = [snapshot] if isinstance(snapshot, BookEvent) else decode_frame(snapshot)
+    skipped: list[str] = []
+    for index, snapshot in enumerate(snapshots):
+        try:
+            events = [snapshot] if isinstance(snapshot, BookEvent) else decode_frame(snapshot)
+        except (MessageError, TypeError) as exc:
+            skipped.append(f"item {index}: {exc}")
+            continue
         for event in events:
-            if not isinstance(event, BookEvent):
-                raise MessageError(f"a snapshot source returned a {type(event).__name__}, not a `book`")
-            if event.asset_id in wanted:
-                frames[event.asset_id] = _encoder.encode(event)
-    return frames
+            if isinstance(event, BookEvent):
+                if event.asset_id in wanted:
+                    frames[event.asset_id] = _encoder.encode(event)
+            elif isinstance(event, RejectedEvent):
+                skipped.append(f"item {index}: {event.message}")
+            else:
+                skipped.append(f"item {index}: a {type(event).__name__}, not a `book`")
+    return frames, skipped

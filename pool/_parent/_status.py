@@ -16,7 +16,7 @@ from pool.models import (
 )
 from pool.monitors import MemoryInfo
 
-from ._slot import Slot
+from ._slot import Slot, add_counts
 
 __all__ = ["RateMeter", "build_status", "worker_status"]
 
@@ -62,8 +62,9 @@ def worker_status(slot: Slot, now: float, memory: MemoryInfo | None) -> WorkerSt
         pid=pid,
         books=stats.orderbook_count if stats else 0,
         messages=stats.messages_processed if stats else 0,
-        errors=stats.errors if stats else 0,
+        errors=slot.retired_errors + (stats.errors if stats else 0),
         pending=slot.pending,
+        rejections=add_counts(dict(slot.retired_rejections), stats.rejections if stats else {}),
         memory_bytes=memory.bytes_used if memory else (stats.memory_usage_bytes if stats else 0),
         memory_cap_bytes=memory.cap_bytes if memory else None,
         memory_ratio=memory.ratio if memory else None,
@@ -86,6 +87,7 @@ def build_status(
     memory: MemoryStatus,
     published: int,
     rejected: int,
+    rejections: Mapping[str, int],
     unroutable: int,
     rate: float,
     feeds: Mapping[str, Callable[[], FeedStatus]],
@@ -105,8 +107,16 @@ def build_status(
         messages_applied=sum(slot.applied for slot in slots),
         messages_per_second=rate,
         frames_rejected=rejected + sum(s.errors for s in workers.values()),
+        rejections=_summed([rejections, *(s.rejections for s in workers.values())]),
         frames_unroutable=unroutable,
         total_books=sum(s.books for s in workers.values()),
         restarts=sum(s.restarts for s in workers.values()),
         feeds={name: read() for name, read in feeds.items()},
     )
+
+
+def _summed(counts: Sequence[Mapping[str, int]]) -> dict[str, int]:
+    totals: dict[str, int] = {}
+    for each in counts:
+        add_counts(totals, each)
+    return dict(sorted(totals.items()))

@@ -122,7 +122,12 @@ class Supervisor:
 
     def _serve(self, slot: Slot) -> None:
         assert self._task_group is not None and slot.process is not None
-        slot.process.serve(self._task_group, slot, lambda process: self._on_exit(slot, process))
+        slot.process.serve(
+            self._task_group,
+            slot,
+            lambda process: self._on_exit(slot, process),
+            lambda asset_ids: self._resync(slot, asset_ids, "its `book` was rejected; waiting for a valid one"),
+        )
         slot.running()
 
     async def _run(self) -> None:
@@ -141,6 +146,7 @@ class Supervisor:
         assert reason is not None
         slot.exit_code = process.exit_code
         slot.last_exit_reason = reason
+        slot.retire(process.stats)
         if stopping:
             slot.stopped("stopped with the pool")
         else:
@@ -287,7 +293,7 @@ class Supervisor:
         if live:
             self._emit(slot, PoolEventKind.BOOK_LIVE, asset_ids=live, detail="rebuilt from snapshots")
         if missing:
-            self._resync(slot, missing)
+            self._resync(slot, missing, "no snapshot; waiting for a `book`")
 
     async def _fetch(self, slot: Slot, assets: Sequence[str]) -> dict[str, bytes]:
         """Fetch snapshots until one attempt succeeds after the last overflow of the slot's buffer."""
@@ -298,7 +304,7 @@ class Supervisor:
             try:
                 with anyio.fail_after(SNAPSHOT_TIMEOUT):
                     snapshots = await self._source.fetch(list(assets))
-                frames = snapshot_frames(snapshots, set(assets))
+                frames, skipped = snapshot_frames(snapshots, set(assets))
             except (Exception, TimeoutError) as exc:
                 attempt += 1
                 delay = min(_BACKOFF_CAP, _BACKOFF_BASE * 2**attempt) * random.uniform(0.5, 1.0)
@@ -311,12 +317,19 @@ class Supervisor:
                 )
                 await anyio.sleep(delay)
                 continue
+            if skipped:  # those assets count as missing: stale, and handed to on_resync
+                self._log.warning(
+                    "snapshot_rejected", worker_id=slot.worker_id, count=len(skipped), example=skipped[0][:300]
+                )
             if not slot.refetch:
                 return frames
         return {}
 
-    def _resync(self, slot: Slot, asset_ids: list[str]) -> None:
-        self._emit(slot, PoolEventKind.BOOK_STALE, asset_ids=asset_ids, detail="no snapshot; waiting for a `book`")
+    def _resync(self, slot: Slot, asset_ids: list[str], detail: str) -> None:
+        """Report books stale until a `book` arrives, and hand them to ``on_resync`` (a feed resubscribes)."""
+        if not asset_ids:
+            return
+        self._emit(slot, PoolEventKind.BOOK_STALE, asset_ids=asset_ids, detail=detail)
         if self._on_resync is None:
             return
         try:

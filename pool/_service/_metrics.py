@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import Any, get_args
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import msgspec
@@ -28,7 +28,7 @@ from prometheus_client.metrics_core import (
 )
 from prometheus_client.registry import Collector
 
-from pool.models import BATCH_SECONDS_BOUNDS, PoolState, PoolStatus, WorkerState, WorkerStats
+from pool.models import BATCH_SECONDS_BOUNDS, PoolState, PoolStatus, Rejection, WorkerState, WorkerStats
 
 __all__ = ["FEED_METRIC_NAMES", "METRIC_NAMES", "MetricsServer", "PoolCollector"]
 
@@ -39,6 +39,7 @@ METRIC_NAMES = (
     "worker_pool_messages",
     "worker_pool_updates",
     "worker_pool_errors",
+    "worker_pool_rejections",
     "worker_pool_restarts",
     "worker_pool_books",
     "worker_pool_stale_books",
@@ -48,6 +49,8 @@ METRIC_NAMES = (
     "worker_pool_state",
     "worker_pool_batch_apply_seconds",
 )
+_REASONS: tuple[str, ...] = get_args(Rejection)
+
 # The families of attached feeds (`PoolStatus.feeds`), labelled by ``feed``; absent when no feed runs.
 FEED_METRIC_NAMES = (
     "worker_pool_feed_connected",
@@ -70,6 +73,11 @@ class PoolCollector(Collector):
         messages = CounterMetricFamily("worker_pool_messages", "Frames applied by the worker slot.", labels=labels)
         updates = CounterMetricFamily("worker_pool_updates", "Book updates applied (this process).", labels=labels)
         errors = CounterMetricFamily("worker_pool_errors", "Malformed frames and events skipped.", labels=labels)
+        rejections = CounterMetricFamily(
+            "worker_pool_rejections",
+            "Malformed frames and events skipped, by the parent or a worker, by reason.",
+            labels=["reason"],
+        )
         restarts = CounterMetricFamily("worker_pool_restarts", "Replacements of the slot's process.", labels=labels)
         books = GaugeMetricFamily("worker_pool_books", "Books held by the worker.", labels=labels)
         stale = GaugeMetricFamily(
@@ -100,12 +108,14 @@ class PoolCollector(Collector):
                 apply_time.add_metric(
                     label, _cumulative(worker_stats.batch_seconds_buckets), worker_stats.processing_time_ms / 1e3
                 )
+        for reason in _REASONS:  # every reason, zeros too: a rate over a series that appears late is wrong
+            rejections.add_metric([reason], status.rejections.get(reason, 0))
         state = StateSetMetricFamily(
             "worker_pool_state",
             "The pool's state.",
             value={s.value: s is status.pool_status for s in PoolState},
         )
-        yield from (messages, updates, errors, restarts, books, stale, memory, ratio, up, state, apply_time)
+        yield from (messages, updates, errors, rejections, restarts, books, stale, memory, ratio, up, state, apply_time)
         yield from _feed_metrics(status)
 
 

@@ -10,12 +10,17 @@ parallel, not in the parent.
 from __future__ import annotations
 
 import struct
+from bisect import bisect_right
+from itertools import accumulate
 
 import msgspec
 
 from pool.models import BookView, WorkerStats
 
 __all__ = [
+    "MAX_BATCH_BYTES",
+    "MAX_BATCH_FRAMES",
+    "MAX_FRAME_BYTES",
     "Batch",
     "BookReply",
     "Boot",
@@ -32,11 +37,22 @@ __all__ = [
     "Trim",
     "Trimmed",
     "frame_header",
+    "split_batches",
     "unpack_header",
 ]
 
 _HEADER = struct.Struct("!i")
 HEADER_SIZE = _HEADER.size
+# The largest frame `publish` accepts. A channel message carries at most 2 GiB - 1 (the length prefix is
+# a signed 32-bit int, as in `multiprocessing.connection`); half of it leaves room for the batch around it.
+MAX_FRAME_BYTES = 1 << 30
+# A batch closes at this many bytes of frames, or at `MAX_BATCH_FRAMES`: however large the frames, a batch
+# stays far below the channel's limit, and a worker reads it in one go.
+MAX_BATCH_BYTES = 16 << 20
+# Larger batches amortise the per-message cost (encode, syscall, ack); smaller ones let the worker start
+# sooner. Under load the writer sends whatever queued while it was busy, so the bound matters only for big
+# bursts; 1024 frames of ~400 bytes is ~400 KB.
+MAX_BATCH_FRAMES = 1024
 
 
 class Boot(msgspec.Struct, tag=True, array_like=True):
@@ -119,10 +135,12 @@ class LogTally(msgspec.Struct, array_like=True):
 
 class Progress(msgspec.Struct, tag=True, array_like=True):
     """Stats after a batch (an acknowledgement) or after a quiet heartbeat interval (a heartbeat), with the
-    log tallies that came due since the last one."""
+    log tallies that came due since the last one and the `book` snapshots rejected since (those books are
+    stale in the worker: the parent marks them stale too and asks for a resync)."""
 
     stats: WorkerStats
     logs: list[LogTally] = []
+    rejected_books: list[str] = []
 
 
 class BookReply(msgspec.Struct, tag=True, array_like=True):
@@ -159,3 +177,20 @@ def unpack_header(header: bytes) -> int:
     """Inverse of `frame_header`."""
     size: int = _HEADER.unpack(header)[0]
     return size
+
+
+def split_batches(frames: list[bytes]) -> list[list[bytes]]:
+    """``frames`` in order, cut into batches of at most `MAX_BATCH_FRAMES` frames and `MAX_BATCH_BYTES`
+    bytes (a frame larger than that goes alone)."""
+    sizes = list(accumulate(map(len, frames)))
+    if not sizes or sizes[-1] <= MAX_BATCH_BYTES:  # the common case: the count alone decides
+        return [frames[start : start + MAX_BATCH_FRAMES] for start in range(0, len(frames), MAX_BATCH_FRAMES)]
+    batches = []
+    start = 0
+    while start < len(frames):
+        before = sizes[start - 1] if start else 0
+        end = bisect_right(sizes, before + MAX_BATCH_BYTES, start, min(len(frames), start + MAX_BATCH_FRAMES))
+        end = max(end, start + 1)
+        batches.append(frames[start:end])
+        start = end
+    return batches

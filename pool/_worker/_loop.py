@@ -42,9 +42,13 @@ from pool.models import (
     BookEvent,
     BookStore,
     BookView,
+    Event,
     MessageError,
+    RejectedEvent,
+    UnknownEvent,
     WorkerStats,
     decode_frame,
+    event_asset_ids,
 )
 
 from ._handlers import HandlerTable
@@ -75,8 +79,8 @@ class WorkerLoop:
         self._decoder = msgspec.msgpack.Decoder(ToWorker)
         self._heartbeat_interval = boot.heartbeat_interval
         self._tally = tally
-        route = Router(boot.worker_count)
-        self._store = BookStore(owns=lambda asset_id: route[asset_id] == worker_id)
+        self._route = Router(boot.worker_count)
+        self._store = BookStore(owns=self._mine)
         self._handlers = HandlerTable(handler, tally)
         self._process = psutil.Process()
         self._rss = self._process.memory_info().rss
@@ -93,6 +97,8 @@ class WorkerLoop:
         self._busy_ns = 0
         self._batch_buckets = [0] * (len(BATCH_SECONDS_BOUNDS) + 1)
         self._errors = 0
+        self._rejections: dict[str, int] = {}
+        self._rejected_books: list[str] = []  # since the last report: stale here, to be told to the parent
         self._last_message_ts: float | None = None
 
     def run(self) -> None:
@@ -137,6 +143,9 @@ class WorkerLoop:
                 case Boot():
                     pass  # only ever the first message, read by the entry point
 
+    def _mine(self, asset_id: str) -> bool:
+        return self._route[asset_id] == self._id
+
     def _view(self, asset_id: str) -> BookView | None:
         book = self._store.books.get(asset_id)
         if book is not None:
@@ -154,14 +163,15 @@ class WorkerLoop:
                 self._reject("snapshot_rejected", exc)
                 continue
             for event in events:
-                if isinstance(event, BookEvent):
-                    try:
-                        book = self._store.rebuild(event)
-                    except MessageError as exc:
-                        self._reject("snapshot_rejected", exc, asset_id=event.asset_id)
-                        continue
-                    self._snapshots += 1
-                    self._handlers.call(event, [book])
+                try:
+                    if not isinstance(event, BookEvent):
+                        raise event.error() if isinstance(event, RejectedEvent) else MessageError("not a `book`")
+                    book = self._store.rebuild(event)
+                except MessageError as exc:
+                    self._reject_event("snapshot_rejected", event, events, exc)
+                    continue
+                self._snapshots += 1
+                self._handlers.call(event, [book])
         self._store.mark_stale(stale)
 
     def _apply_batch(self, frames: list[bytes]) -> None:
@@ -184,7 +194,7 @@ class WorkerLoop:
                 try:
                     books = apply(event)
                 except MessageError as exc:
-                    self._reject("event_rejected", exc, event_type=type(event).__name__)
+                    self._reject_event("event_rejected", event, events, exc)
                     continue
                 if not books:
                     continue
@@ -201,9 +211,34 @@ class WorkerLoop:
         self._applied_seq += len(frames)
         self._last_message_ts = time.time()
 
+    def _reject_event(
+        self,
+        what: str,
+        event: Event | UnknownEvent | RejectedEvent,
+        events: list[Event | UnknownEvent | RejectedEvent],
+        exc: MessageError,
+    ) -> None:
+        """Count a rejected event, if it is this worker's to count; a rejected `book` leaves its book stale.
+
+        A frame reaches every worker that owns an asset in it, and each sees all of its events: the worker
+        of the event's first asset counts it (of the frame's first asset, for an event that names none).
+        """
+        counted_by = next(iter(event_asset_ids(event)), None)
+        if counted_by is None:
+            counted_by = next((ids[0] for other in events if (ids := event_asset_ids(other))), None)
+        if counted_by is not None and not self._mine(counted_by):
+            return
+        is_book = type(event) is BookEvent or (type(event) is RejectedEvent and event.event_type == "book")
+        asset_id = counted_by if is_book and counted_by is not None else None
+        if asset_id is not None:
+            self._store.mark_stale([asset_id])  # its levels (if any) no longer follow the market
+            self._rejected_books.append(asset_id)
+        self._reject(what, exc, event_type=getattr(event, "event_type", None) or type(event).__name__)
+
     def _reject(self, what: str, exc: MessageError, **context: str) -> None:
         """Count and tally a malformed frame or event; the batch goes on without it."""
         self._errors += 1
+        self._rejections[exc.reason] = self._rejections.get(exc.reason, 0) + 1
         self._tally.note(what, "warning", reason=str(exc), **context)
 
     def _report(self, *, final: bool = False) -> None:
@@ -225,6 +260,7 @@ class WorkerLoop:
             memory_usage_bytes=self._rss,
             books_memory_bytes=self._books_bytes,
             errors=self._errors,
+            rejections=dict(self._rejections),
             handler_errors=self._handlers.errors,
             unknown_events=self._store.unknown,
             skipped_updates=self._store.skipped + self._store.superseded,
@@ -234,4 +270,7 @@ class WorkerLoop:
         )
         self._reported_seq = self._applied_seq
         logs = self._tally.release(now, force=final)
-        self._conn.send_bytes(self._encoder.encode(Progress(stats, logs)))
+        # Only those still stale: a later valid `book` in the same batches has made the others live again.
+        rejected_books = sorted({a for a in self._rejected_books if a in self._store.stale})
+        self._rejected_books = []
+        self._conn.send_bytes(self._encoder.encode(Progress(stats, logs, rejected_books)))

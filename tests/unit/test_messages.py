@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import msgspec
 import pytest
 
@@ -11,6 +13,7 @@ from pool.models import (
     LastTradePrice,
     MessageError,
     PriceChange,
+    RejectedEvent,
     TickSizeChange,
     UnknownEvent,
     decode_frame,
@@ -114,39 +117,117 @@ class TestFrames:
 
 
 MALFORMED = [
-    pytest.param(b"garbage", "not valid JSON", id="not-json"),
-    pytest.param(b'{"event_type":"book","asset_id":"1"', "not valid JSON", id="truncated"),
-    pytest.param(b"42", "not an object", id="number"),
-    pytest.param(b'{"foo": 1}', "no string `event_type`", id="no-type-not-a-book"),
-    pytest.param(b'{"event_type": 7, "asset_id": "1"}', "no string `event_type`", id="type-not-string"),
-    pytest.param(b'{"event_type":"book","asset_id":"1","bids":[],"asks":{}}', "invalid `book`", id="asks-not-array"),
+    pytest.param(b"garbage", "not valid JSON", "not_json", id="not-json"),
+    pytest.param(b'{"event_type":"book","asset_id":"1"', "not valid JSON", "not_json", id="truncated"),
+    pytest.param(b"42", "not an event object", "not_an_event", id="number"),
+    pytest.param(b'{"foo": 1}', "no string `event_type`", "not_an_event", id="no-type-not-a-book"),
+    pytest.param(b'{"event_type": 7, "asset_id": "1"}', "no string `event_type`", "not_an_event", id="type-not-string"),
+    pytest.param(
+        b'{"event_type":"book","asset_id":"1","bids":[],"asks":{}}',
+        "invalid `book`",
+        "invalid_event",
+        id="asks-not-array",
+    ),
     pytest.param(
         b'{"event_type":"book","asset_id":"1","bids":[{"price":0.5,"size":"1"}],"asks":[]}',
         "Expected `str`, got `float`",
+        "invalid_event",
         id="price-as-number",
     ),
     pytest.param(
         b'{"event_type":"price_change","asset_id":"1","market":"m","price":"0.5","side":"HOLD","size":"1"}',
         "invalid `price_change`",
+        "invalid_event",
         id="bad-side",
     ),
     pytest.param(
         b'{"event_type":"last_trade_price","asset_id":"1","price":"0.5","side":"BUY","size":"1","timestamp":"soon"}',
         "invalid `last_trade_price`",
+        "invalid_event",
         id="timestamp-not-a-number",
     ),
-    pytest.param(b'[{"event_type":"tick_size_change","asset_id":"1"}]', "event 0 of the frame", id="array-element"),
+    pytest.param(
+        b'[{"event_type":"tick_size_change","asset_id":"1"}]',
+        "event 0 of the frame",
+        "invalid_event",
+        id="array-element",
+    ),
+    pytest.param(b"[" * 5000 + b"]" * 5000, "nested too deeply", "too_deep", id="deep"),
+    pytest.param(b"\xff\xfe{}", "not valid JSON", "not_json", id="not-utf8"),
+    pytest.param("\ud800", "not valid text", "not_json", id="lone-surrogate"),
+    pytest.param(
+        b'{"event_type":"price_change","asset_id":"1","price":"0.5","side":"BUY","size":"1","timestamp":'
+        + b"9" * 5000
+        + b"}",
+        "out of range",
+        "invalid_event",
+        id="5000-digit-timestamp",
+    ),
 ]
 
 
+def rejection(frame: bytes | str) -> MessageError:
+    """The error a frame gets: raised by `decode_frame` when it is unreadable; otherwise its one event is
+    a `RejectedEvent`, which the store raises for when it is applied."""
+    try:
+        events = decode_frame(frame)
+    except MessageError as exc:
+        return exc
+    (event,) = events
+    assert isinstance(event, RejectedEvent)
+    with pytest.raises(MessageError) as caught:
+        BookStore().apply(event)
+    return caught.value
+
+
 class TestMalformed:
-    @pytest.mark.parametrize(("frame", "message"), MALFORMED)
-    def test_malformed_frames_raise_message_error(self, frame: bytes, message: str) -> None:
-        """Each malformed frame raises MessageError (a ValueError) whose text says what is wrong."""
-        with pytest.raises(MessageError, match=None) as caught:
-            decode_frame(frame)
-        assert message in str(caught.value)
-        assert isinstance(caught.value, ValueError)
+    @pytest.mark.parametrize(("frame", "message", "reason"), MALFORMED)
+    def test_malformed_frames_and_events_are_rejected_with_a_reason(
+        self, frame: bytes | str, message: str, reason: str
+    ) -> None:
+        """Each malformed frame or event gets a MessageError (a ValueError) whose text says what is wrong."""
+        error = rejection(frame)
+        assert message in str(error)
+        assert error.reason == reason
+        assert isinstance(error, ValueError)
+
+    def test_a_malformed_event_costs_only_itself(self) -> None:
+        """In an array frame, each event is decoded on its own: the valid ones keep their places."""
+        book = b'{"event_type":"book","asset_id":"B","bids":[{"price":"0.4","size":"10"}],"asks":[]}'
+        spoiled = [
+            b'{"event_type":"price_change","asset_id":12345,"changes":[]}',
+            b'{"event_type":"price_change","asset_id":"A","price":"0.5","side":5,"size":"1"}',
+            b'{"event_type":"book","asset_id":"C","bids":"none","asks":[]}',
+            b'{"event_type":"price_change","price_changes":[{"asset_id":7,"price":"0.5","side":"BUY","size":"1"}]}',
+            b"[[[[]]]]",
+            b"42",
+            b'{"event_type":"tick_size_change","asset_id":"D","old_tick_size":"0.01","new_tick_size":"0.001",'
+            b'"timestamp":' + b"9" * 5000 + b"}",
+        ]
+        frame = b"[" + b",".join([*spoiled, book]) + b"]"
+        events = decode_frame(frame)
+        assert [type(event) for event in events] == [RejectedEvent] * len(spoiled) + [BookEvent]
+        assert [getattr(event, "asset_id", "?") for event in events[: len(spoiled)]] == [
+            None,
+            "A",
+            "C",
+            None,
+            None,
+            None,
+            "D",
+        ]
+        store = BookStore()
+        for event in events:
+            with contextlib.suppress(MessageError):
+                store.apply(event)
+        assert store.books["B"].bids() == [("0.4", "10")]
+
+    def test_a_rejected_event_names_its_first_asset(self) -> None:
+        """`RejectedEvent.asset_id` is the first string id, the top-level one or the first entry's."""
+        (event,) = decode_frame(
+            b'{"event_type":"price_change","price_changes":[{"asset_id":7},{"asset_id":"Z","price":"0.5"}]}'
+        )
+        assert isinstance(event, RejectedEvent) and event.asset_id == "Z" and event.event_type == "price_change"
 
     @pytest.mark.parametrize(
         ("frame", "message"),
@@ -167,6 +248,5 @@ class TestMalformed:
 
     def test_error_is_not_a_msgspec_error(self) -> None:
         """Users catch one type: msgspec's own errors never leak out of decode_frame."""
-        with pytest.raises(MessageError) as caught:
-            decode_frame(b'{"event_type":"book","asset_id":"1","bids":[{"price":1,"size":"1"}],"asks":[]}')
-        assert not isinstance(caught.value, msgspec.MsgspecError)
+        error = rejection(b'{"event_type":"book","asset_id":"1","bids":[{"price":1,"size":"1"}],"asks":[]}')
+        assert not isinstance(error, msgspec.MsgspecError)
