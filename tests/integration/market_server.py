@@ -125,7 +125,10 @@ class MarketServer:
             self.position += 1
             sent_here += 1
             if frame.startswith(b"{") or frame.startswith(b"["):
-                with self.lock, contextlib.suppress(ValueError, KeyError, TypeError):  # garbage put in on purpose
+                with (
+                    self.lock,
+                    contextlib.suppress(ValueError, KeyError, TypeError, RecursionError),
+                ):  # garbage put in on purpose
                     self.reference.apply_frames([frame])
             await self._send(connection, frame)
             if self.pause_every and not sent_here % self.pause_every:

@@ -126,7 +126,8 @@ async def test_books_read_stale_from_a_drop_until_the_reconnect_brings_their_boo
 async def test_garbage_and_oversized_frames_are_counted_and_skipped(anyio_backend: str) -> None:
     market, initial, stream = scenario(500, seed=22)
     huge = b'{"event_type": "price_change", "padding": "' + b"x" * 100_000 + b'"}'
-    stream[100:100] = [b"garbage, not json", huge, b'{"event_type": "book", "asset_id": 7}']
+    deep = b"[" * 2048 + b"]" * 2048  # msgspec raises RecursionError on it: once it ended the feed
+    stream[100:100] = [b"garbage, not json", huge, b'{"event_type": "book", "asset_id": 7}', deep]
     with MarketServer(initial, stream) as server:
         async with PersistentWorkerPool(PoolConfig(worker_count=2, heartbeat_interval=0.5)) as pool:
             feed = PolymarketFeed(pool, subscribed(market), url=server.url, max_frame_bytes=65_536)
@@ -137,7 +138,8 @@ async def test_garbage_and_oversized_frames_are_counted_and_skipped(anyio_backen
                 )
                 await pool.flush()
                 assert feed.stats.oversized == 1 and feed.stats.reconnects == 0
-                assert pool.get_status().frames_rejected == 2  # the garbage and the malformed book
+                assert pool.get_status().frames_rejected == 3  # the garbage, the malformed book, the deep one
+                assert pool.get_status().rejections == {"invalid_event": 1, "not_json": 1, "too_deep": 1}
                 await assert_books_equal(pool, server.reference)
 
 
