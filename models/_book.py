@@ -119,9 +119,12 @@ def _parse_sizes(texts: list[str]) -> list[float]:
     marked = joined.encode().translate(_MARKS)
     if b"!" not in marked and _LONG_TEXT not in marked:
         try:
-            return _numbers.decode(f"[{joined}]")
+            sizes = _numbers.decode(f"[{joined}]")
         except msgspec.DecodeError:
             pass  # a decimal JSON does not allow, or a malformed one: each is parsed (or refused) below
+        else:
+            if len(sizes) == len(texts):  # else a text held a comma ("1,2"): refused below
+                return sizes
     return list(map(parse_decimal, texts))
 
 
