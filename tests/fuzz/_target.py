@@ -27,16 +27,21 @@ def check_one(data: bytes) -> None:
         _route_decoder.decode(data)
     for frame in (data, data.decode("utf-8", "surrogateescape")):
         store = _store()
-        try:
-            events = decode_frame(frame)
-        except MessageError:
-            continue
-        for event in events:
-            with contextlib.suppress(MessageError):
-                store.apply(event)
+        apply_frame(store, frame)
         for book in store.books.values():
             _check_book(book.asset_id, book.bids(), descending=True)
             _check_book(book.asset_id, book.asks(), descending=False)
+
+
+def apply_frame(store: BookStore, frame: bytes | str) -> None:
+    """Apply ``frame`` as a worker does: an unreadable frame or a rejected event changes nothing."""
+    try:
+        events = decode_frame(frame)
+    except MessageError:
+        return
+    for event in events:
+        with contextlib.suppress(MessageError):
+            store.apply(event)
 
 
 def _check_book(asset_id: str, levels: list[tuple[str, str]], *, descending: bool) -> None:

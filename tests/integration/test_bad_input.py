@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 from collections.abc import Sequence
 
@@ -239,3 +240,53 @@ class TestRejectedBooksAreStaleNotInvisible:
                 assert as_decimals(view.bids) == reference.levels(asset_id)[0]
             assert status.workers[0].pid != victim and status.workers[0].restarts == 1
             assert PoolEventKind.BOOK_STALE in events
+
+
+class TestHeldOutStream:
+    def test_a_long_stream_with_spoiled_events_mixed_into_its_arrays_ends_exact(self) -> None:
+        """800 books; the updates grouped into array frames with about 2,400 spoiled events mixed in (and
+        garbage frames between): every book ends equal to a reference that saw only the valid events, and
+        every spoiled event and garbage frame is counted exactly once."""
+        rng = random.Random(31)
+        market = SyntheticMarket(800, seed=29)
+        snapshots = market.snapshots()
+        reference = ReferenceBooks()
+        reference.apply_frames(snapshots)
+        spoilers: list[object] = [
+            change(12345),
+            change(market.asset_ids[0], side=5),
+            change(market.asset_ids[1], size="9" * 5000),
+            {"event_type": "price_change", "price_changes": [{"asset_id": 7, "price": "0.5", "side": "BUY"}]},
+            {"event_type": "last_trade_price", "asset_id": market.asset_ids[2], "price": 0.5},
+            42,
+            [[1]],
+        ]
+        frames: list[bytes] = []
+        spoiled = garbage = 0
+        updates = list(market.updates(20_000))
+        index = 0
+        while index < len(updates):
+            group = updates[index : index + rng.randint(1, 5)]
+            index += len(group)
+            reference.apply_frames(group)
+            events: list[object] = []
+            for frame in group:
+                document = json.loads(frame)
+                events.extend(document if isinstance(document, list) else [document])
+            if rng.random() < 0.36:
+                events.insert(rng.randint(0, len(events)), rng.choice(spoilers))
+                spoiled += 1
+            frames.append(json.dumps(events).encode())
+            if rng.random() < 0.02:
+                frames.append(rng.choice([b"garbage", b"[" * 3000 + b"]" * 3000, b'{"event_type":"book"']))
+                garbage += 1
+        assert spoiled > 2000
+        with PersistentWorkerPool(config()) as pool:
+            pool.publish(snapshots)
+            pool.publish(frames)
+            pool.flush(timeout=60)
+            wait_for(lambda: pool.get_status().frames_rejected == spoiled + garbage, what="every rejection counted")
+            for asset_id in market.asset_ids:
+                view = pool.get_book(asset_id, timeout=10)
+                assert not view.stale, asset_id
+                assert (as_decimals(view.bids), as_decimals(view.asks)) == reference.levels(asset_id), asset_id

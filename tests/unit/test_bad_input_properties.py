@@ -3,14 +3,14 @@ input makes the decoder or the store raise anything but `MessageError`."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pool.models import BookStore, MessageError, decode_frame
+from pool.models import BookStore
+from tests.fuzz._target import apply_frame
 
 ASSETS = ["1", "2", "3"]
 prices = st.integers(min_value=1, max_value=99).map(lambda cents: f"0.{cents:02d}")
@@ -35,7 +35,9 @@ trades = st.fixed_dictionaries(
 valid_events = st.one_of(books, one_level, multi, trades)
 
 # What a broken upstream or an attacker puts in a field.
-bad_values: st.SearchStrategy[Any] = st.sampled_from([5, -1, None, [], {}, "abc", "-1", "1.5", "1e5", "", "9" * 5000, [[[[]]]], True])
+bad_values: st.SearchStrategy[Any] = st.sampled_from(
+    [5, -1, None, [], {}, "abc", "-1", "1.5", "1e5", "", "9" * 5000, [[[[]]]], True]
+)
 
 
 @st.composite
@@ -64,25 +66,15 @@ def state(store: BookStore) -> dict[str, Any]:
     }
 
 
-def apply_all(store: BookStore, frame: bytes) -> None:
-    try:
-        events = decode_frame(frame)
-    except MessageError:
-        return
-    for event in events:
-        with contextlib.suppress(MessageError):
-            store.apply(event)
-
-
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.one_of(valid_events, spoiled()), min_size=1, max_size=12))
 def test_an_array_frame_applies_like_its_events_one_by_one(events: list[Any]) -> None:
     """Whatever is spoiled in an array frame, the books end as if each event had come in its own frame:
     the bad ones change nothing, the good ones apply in order."""
     together, one_by_one = BookStore(), BookStore()
-    apply_all(together, json.dumps(events).encode())
+    apply_frame(together, json.dumps(events).encode())
     for event in events:
-        apply_all(one_by_one, json.dumps(event).encode())
+        apply_frame(one_by_one, json.dumps(event).encode())
     assert state(together) == state(one_by_one)
 
 
@@ -96,11 +88,11 @@ json_values = st.recursive(
 @settings(max_examples=300, deadline=None)
 @given(st.one_of(st.binary(max_size=300), json_values.map(lambda value: json.dumps(value).encode())))
 def test_no_input_raises_anything_but_message_error(frame: bytes) -> None:
-    apply_all(BookStore(), frame)  # an exception other than MessageError fails the test
+    apply_frame(BookStore(), frame)  # an exception other than MessageError fails the test
 
 
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.one_of(valid_events, spoiled()), min_size=1, max_size=6), st.integers(0, 400))
 def test_truncated_frames_are_rejected_not_raised(events: list[Any], cut: int) -> None:
     frame = json.dumps(events).encode()
-    apply_all(BookStore(), frame[: min(cut, len(frame) - 1)])
+    apply_frame(BookStore(), frame[: min(cut, len(frame) - 1)])
