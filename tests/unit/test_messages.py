@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import json
+from typing import Any
 
 import msgspec
 import pytest
@@ -250,3 +252,63 @@ class TestMalformed:
         """Users catch one type: msgspec's own errors never leak out of decode_frame."""
         error = rejection(b'{"event_type":"book","asset_id":"1","bids":[{"price":1,"size":"1"}],"asks":[]}')
         assert not isinstance(error, msgspec.MsgspecError)
+
+
+_TEMPLATES: dict[str, dict[str, object]] = {
+    "book": {"event_type": "book", "asset_id": "A", "market": "m", "bids": [{"price": "0.4", "size": "1"}], "asks": []},
+    "one-level": {"event_type": "price_change", "asset_id": "A", "price": "0.4", "side": "BUY", "size": "2"},
+    "changes": {
+        "event_type": "price_change",
+        "asset_id": "A",
+        "changes": [{"price": "0.4", "side": "BUY", "size": "3"}],
+    },
+    "price_changes": {
+        "event_type": "price_change",
+        "market": "m",
+        "price_changes": [{"asset_id": "A", "price": "0.4", "side": "BUY", "size": "4"}],
+    },
+    "trade": {"event_type": "last_trade_price", "asset_id": "A", "price": "0.4", "side": "BUY", "size": "5"},
+    "tick": {"event_type": "tick_size_change", "asset_id": "A", "old_tick_size": "0.01", "new_tick_size": "0.001"},
+}
+# Per field, values that must make the event rejected: wrong types, and bad values where the field has a rule.
+_WRONG_TYPES: list[object] = [7, None, [], {}, True]
+_BAD_VALUES = {"price": ["abc", "1.5", "0", "-0.1", "9" * 5000], "size": ["abc", "-1", "1e5", "1,2", "9" * 5000]}
+_BAD_VALUES["side"] = ["HOLD", "buy"]
+
+
+def _spoilings() -> list[Any]:
+    cases = []
+    for kind, template in _TEMPLATES.items():
+        for field in template:
+            target = template["price_changes"][0] if field == "price_changes" else template  # type: ignore[index]
+            for sub in target if field == "price_changes" else [field]:
+                bad = (
+                    [v for v in _WRONG_TYPES if not (sub in ("bids", "asks", "changes") and v == [])]
+                    + _BAD_VALUES.get(sub, [])
+                    + (["0.2x"] if kind == "tick" and sub == "new_tick_size" else [])
+                )
+                for value in bad:
+                    cases.append(pytest.param(kind, field, sub, value, id=f"{kind}-{sub}-{str(value)[:8]}"))
+    return cases
+
+
+class TestEveryFieldOfEveryEvent:
+    @pytest.mark.parametrize(("kind", "field", "sub", "value"), _spoilings())
+    def test_a_bad_field_rejects_its_event_and_only_it(self, kind: str, field: str, sub: str, value: object) -> None:
+        """Each field of each event kind, given a wrong type or a bad value, in an array beside a valid book:
+        the event is rejected (as a `RejectedEvent`, or by the store when applied), the book is applied, and
+        the book the spoiled event named is as before."""
+        event = json.loads(json.dumps(_TEMPLATES[kind]))
+        target = event["price_changes"][0] if field == "price_changes" else event
+        target[sub] = value
+        base = {**_TEMPLATES["book"], "bids": [{"price": "0.3", "size": "9"}]}
+        neighbour = {**_TEMPLATES["book"], "asset_id": "B"}
+        store = BookStore()
+        store.apply(decode_frame(json.dumps(base))[0])
+        events = decode_frame(json.dumps([event, neighbour]))
+        assert len(events) == 2
+        with pytest.raises(MessageError):
+            store.apply(events[0])
+        store.apply(events[1])
+        assert store.books["B"].bids() == [("0.4", "1")]
+        assert store.books["A"].bids() == [("0.3", "9")]
