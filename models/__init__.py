@@ -5,7 +5,7 @@ Nothing here starts a process or imports the pool, so worker processes and tools
 
 import contextlib
 
-from ._book import BookStore, OrderBook, format_decimal, parse_decimal
+from ._book import BookState, BookStore, OrderBook, format_decimal, parse_decimal
 from ._config import PoolConfig
 from ._messages import (
     BookEvent,
@@ -43,6 +43,7 @@ from ._status import (
 __all__ = [
     "BATCH_SECONDS_BOUNDS",
     "BookEvent",
+    "BookState",
     "BookStore",
     "BookView",
     "Change",

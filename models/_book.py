@@ -41,7 +41,7 @@ from ._messages import (
 )
 from ._status import BookView, Trade
 
-__all__ = ["BookStore", "OrderBook", "format_decimal", "parse_decimal"]
+__all__ = ["BookState", "BookStore", "OrderBook", "format_decimal", "parse_decimal"]
 
 # Significant digits a double holds exactly (DBL_DIG). A text no longer than this cannot have more, which
 # is the whole exactness check on the fast path; longer texts ("1.500000000000000") are counted digit by
@@ -159,6 +159,35 @@ def _parse_side(levels: list[Level], descending: bool) -> tuple[list[float], arr
     by_price = dict(zip(prices, sizes, strict=True))
     ordered = [price for price in sorted(by_price) if by_price[price]]
     return ordered, array("d", map(by_price.__getitem__, ordered))
+
+
+class BookState(msgspec.Struct, array_like=True, gc=False):
+    """One book exactly as a worker holds it, for handing it to another process: the sides are the raw
+    doubles (``array('d')`` bytes), so nothing is formatted or parsed on the way."""
+
+    asset_id: str
+    market: str
+    timestamp: int | None
+    tick_size: str | None
+    last_trade: Trade | None
+    floor: int | None
+    stale: bool
+    bid_prices: bytes
+    bid_sizes: bytes
+    ask_prices: bytes
+    ask_sizes: bytes
+
+
+def _doubles(data: bytes) -> array[float]:
+    values = array("d")
+    values.frombytes(data)
+    return values
+
+
+def _shared(prices: array[float], objects: dict[float, float]) -> list[float]:
+    """``prices`` as a list of shared float objects (``objects``: value -> the one object for it), so
+    installed books share their prices as parsed ones do."""
+    return list(map(objects.setdefault, prices, prices))
 
 
 class OrderBook:
@@ -431,6 +460,47 @@ class BookStore:
         last known state, flagged; an asset with no book (one that could not be rebuilt) stays without one.
         """
         self.stale.update(asset_ids)
+
+    def dump(self) -> list[BookState]:
+        """Every book, as `install` takes it in another process (a memory recycle hands the books over)."""
+        return [
+            BookState(
+                asset_id=asset_id,
+                market=book.market,
+                timestamp=book.timestamp,
+                tick_size=book.tick_size,
+                last_trade=book.last_trade,
+                floor=book.floor,
+                stale=asset_id in self.stale,
+                bid_prices=array("d", book._bid_prices).tobytes(),
+                bid_sizes=book._bid_sizes.tobytes(),
+                ask_prices=array("d", book._ask_prices).tobytes(),
+                ask_sizes=book._ask_sizes.tobytes(),
+            )
+            for asset_id, book in self.books.items()
+        ]
+
+    def install(self, states: list[BookState]) -> list[OrderBook]:
+        """Replace these books with ``states`` (from `dump`), exactly; return the installed books."""
+        installed = []
+        objects = {value: value for value in _price_cache.values()}
+        for state in states:
+            book = OrderBook(state.asset_id, state.market)
+            book.timestamp, book.tick_size, book.last_trade, book.floor = (
+                state.timestamp,
+                state.tick_size,
+                state.last_trade,
+                state.floor,
+            )
+            book._bid_prices, book._bid_sizes = _shared(_doubles(state.bid_prices), objects), _doubles(state.bid_sizes)
+            book._ask_prices, book._ask_sizes = _shared(_doubles(state.ask_prices), objects), _doubles(state.ask_sizes)
+            self.books[state.asset_id] = book
+            if state.stale:
+                self.stale.add(state.asset_id)
+            else:
+                self.stale.discard(state.asset_id)
+            installed.append(book)
+        return installed
 
     def memory_usage(self) -> int:
         """Sum of `OrderBook.memory_usage` over the store."""

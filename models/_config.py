@@ -32,6 +32,7 @@ _RANGES: dict[str, tuple[type, float, float, bool]] = {
     "memory_mb_per_1000_books": (float, 0.0, 1_000_000.0, False),
     "worker_memory_cap_mb": (float, 0.0, 10_000_000.0, False),
     "memory_threshold": (float, 0.0, 1.0, False),
+    "memory_recycle_ratio": (float, 0.0, 1.0, False),
 }
 
 
@@ -60,6 +61,8 @@ class PoolConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
         worker_memory_cap_mb: an absolute per-worker cap that overrides the per-book rule.
         memory_threshold: fraction of system memory in use above which the system counts as under pressure.
         memory_policy: what a breach of a worker's cap does: ``recycle``, ``restart`` or ``callback``.
+        memory_recycle_ratio: under ``recycle``, the fraction of its cap at which a worker is recycled: below
+            1, so that the worker stops growing before it reaches the cap (it is sent nothing more at once).
     """
 
     worker_count: int = msgspec.field(default_factory=lambda: os.cpu_count() or 4)
@@ -76,6 +79,7 @@ class PoolConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     worker_memory_cap_mb: float | None = None
     memory_threshold: float = 0.75
     memory_policy: MemoryPolicy = "recycle"
+    memory_recycle_ratio: float = 0.9
 
     def __post_init__(self) -> None:
         for name, (kind, low, high, low_inclusive) in _RANGES.items():

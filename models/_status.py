@@ -178,7 +178,14 @@ class WorkerStats(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class WorkerStatus(msgspec.Struct, frozen=True, kw_only=True):
-    """One worker slot as `PoolStatus.workers` shows it."""
+    """One worker slot as `PoolStatus.workers` shows it.
+
+    ``standby_pid`` is the replacement a memory recycle has started, while it exists; ``peak_memory_bytes``
+    the highest sample of any of the slot's processes (the figure the cap is held to); ``recycles`` the
+    memory recycles done by handing the books over (``restarts`` counts every replacement, recycles
+    included) and ``last_recycle_seconds`` how long the last took, from asking for the books to the
+    replacement serving them.
+    """
 
     worker_id: int
     status: WorkerState
@@ -197,6 +204,10 @@ class WorkerStatus(msgspec.Struct, frozen=True, kw_only=True):
     exit_code: int | None = None
     last_exit_reason: ExitReason | None = None
     last_restart_at: float | None = None
+    standby_pid: int | None = None
+    peak_memory_bytes: int = 0
+    recycles: int = 0
+    last_recycle_seconds: float | None = None
 
 
 class MemoryStatus(msgspec.Struct, frozen=True, kw_only=True):

@@ -37,11 +37,13 @@ from pool._exceptions import RemoteTraceback, WorkerStartupError
 from pool._wire._protocol import (
     HEADER_SIZE,
     Batch,
+    BookDump,
     BookReply,
     Boot,
     Fatal,
     FromWorker,
     GetBook,
+    Handoff,
     LogTally,
     Progress,
     Ready,
@@ -324,6 +326,9 @@ class WorkerProcess:
                     case Trimmed(request_id):
                         slot.answer(request_id, None)
                         self._trim_inflight(slot)
+                    case BookDump(request_id, books):
+                        slot.answer(request_id, None, books)
+                        self._trim_inflight(slot)
                     case Ready() | Fatal():
                         self._log.warning("worker_unexpected_message", message=type(message).__name__)
         except (anyio.EndOfStream, anyio.ClosedResourceError):
@@ -337,7 +342,7 @@ class WorkerProcess:
         inflight = self._inflight
         while inflight:
             head = inflight[0]
-            if isinstance(head.message, GetBook | Trim):
+            if isinstance(head.message, GetBook | Trim | Handoff):
                 if slot.is_waiting_for(head.message.request_id):
                     return
             elif isinstance(head.message, Batch) and head.end_seq > self.acked:

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 import anyio
 
 from pool._exceptions import BrokenWorkerError, PoolClosedError
-from pool._wire._protocol import GetBook, Rebuild, ToWorker, Trim
+from pool._wire._protocol import GetBook, Handoff, Install, Rebuild, ToWorker, Trim
 from pool.models import BookView, ExitReason, WorkerState, WorkerStats
 
 from ._changes import Changes
@@ -56,6 +56,7 @@ class Reply:
     done: bool = False
     answered: bool = False
     book: BookView | None = None
+    data: bytes | None = None  # a `Handoff`'s books
 
 
 class Slot:
@@ -69,6 +70,7 @@ class Slot:
         # The current process and, during a memory recycle, its started replacement.
         self.process: WorkerProcess | None = None
         self.standby: WorkerProcess | None = None
+        self.standby_ready: anyio.Event | None = None  # set once a recycle's standby has started (or failed)
         # The queue: frames appended by publish, and items (frames, control) for controls and requeues.
         self._frames: list[bytes] = []
         self._queue: deque[QueueItem] = deque()
@@ -95,6 +97,12 @@ class Slot:
         self.recycling = False
         # Set by publish (any thread) when it asked the loop to wake this slot's writer; cleared by `wake`.
         self.wake_requested = False
+        # The books a recycled process handed over, until its replacement is sent them; and the record.
+        self.handoff: bytes | None = None
+        self.recycles = 0
+        self.peak_memory_bytes = 0
+        self.recycling_futile = False  # a fresh replacement was already at its cap: recycling cannot help
+        self.last_recycle_seconds: float | None = None  # breach (handoff asked) to the replacement serving
         # The restart record, kept by the supervisor.
         self.restarts = 0
         self.abnormal_exits: deque[float] = deque()  # monotonic times, pruned to restart_window
@@ -159,7 +167,7 @@ class Slot:
             self._queue.append((self._frames, message))
             self._frames = []
 
-    def request(self, make: Callable[[int], GetBook | Trim]) -> Reply:
+    def request(self, make: Callable[[int], GetBook | Trim | Handoff]) -> Reply:
         """Queue a request behind every frame queued so far and return where its answer will land.
 
         Raises:
@@ -289,29 +297,44 @@ class Slot:
             return None
         with self._lock:
             if self._queue:
-                return self._queue.popleft()
+                item = self._queue.popleft()
+                if isinstance(item[1], Handoff):
+                    self.holding = True  # what follows it is for the replacement
+                return item
             if self._frames:
                 frames, self._frames = self._frames, []
                 return frames, None
         return None
 
-    def enqueue_first(self, message: Rebuild) -> None:
-        """Put a rebuild ahead of everything queued (the frames it must precede are all behind it).
+    def enqueue_first(self, message: Rebuild | Install) -> None:
+        """Put a rebuild (or the books a recycle handed over) ahead of everything queued: the frames it must
+        precede are all behind it.
 
-        A rebuild still queued from an earlier recovery is dropped: it is older than this one.
+        One still queued from an earlier recovery is dropped: it is older than this one.
         """
         with self._lock:
-            self._queue = deque(item for item in self._queue if not isinstance(item[1], Rebuild))
+            self._queue = deque(item for item in self._queue if not isinstance(item[1], Rebuild | Install))
             self._queue.appendleft(([], message))
         self.wake()
 
     def requeue(self, items: list[QueueItem], applied_by_process: int) -> None:
         """A process ended: ``items`` (what it had not finished, in order) go back to the front of the queue,
-        and the frames it applied are final."""
+        and the frames it applied are final. A `Handoff` it had not answered ends unanswered (its books
+        went with it) instead of going to the replacement."""
         with self._lock:
             self._seq_base += applied_by_process
             self.applied = self._seq_base
-            self._queue.extendleft(reversed(items))
+            kept: list[QueueItem] = []
+            for frames, control in items:
+                if isinstance(control, Handoff):
+                    reply = self._replies.pop(control.request_id, None)
+                    if reply is not None:
+                        reply.done = True
+                    control = None
+                if frames or control is not None:
+                    kept.append((frames, control))
+            self._queue.extendleft(reversed(kept))
+        self._changes.notify()
 
     def progressed(self, applied_by_process: int) -> None:
         """The current process has applied ``applied_by_process`` frames in all."""
@@ -319,12 +342,16 @@ class Slot:
             self.applied = self._seq_base + applied_by_process
         self._changes.notify()
 
-    def answer(self, request_id: int, book: BookView | None) -> None:
+    def answer(self, request_id: int, book: BookView | None, data: bytes | None = None) -> None:
         reply = self._replies.pop(request_id, None)
         if reply is not None:
-            reply.book = book
+            reply.book, reply.data = book, data
             reply.answered = reply.done = True
             self._changes.notify()
+
+    async def wait_answer(self, reply: Reply, timeout: float) -> bool:
+        """Wait until ``reply`` is done; False if ``timeout`` passed first."""
+        return await self._changes.wait_async(lambda: reply.done, time.monotonic() + timeout)
 
     def is_waiting_for(self, request_id: int) -> bool:
         return request_id in self._replies

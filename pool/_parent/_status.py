@@ -54,8 +54,10 @@ def worker_status(slot: Slot, now: float, memory: MemoryInfo | None) -> WorkerSt
     pid = process.pid if process is not None else None
     if memory is not None and memory.pid != pid:
         memory = None  # a sample of a process that has since been replaced
-    # Every book of a slot that is being rebuilt, or that was given up, is unavailable.
-    unavailable = slot.state in (WorkerState.RECOVERING, WorkerState.FAILED)
+    # Every book of a slot that is being rebuilt, or that was given up, is unavailable; not those of a slot
+    # whose old process has handed them over (queries wait the moment until its replacement serves them).
+    unavailable = slot.state is WorkerState.FAILED or (slot.state is WorkerState.RECOVERING and slot.handoff is None)
+    standby = slot.standby
     return WorkerStatus(
         worker_id=slot.worker_id,
         status=slot.state,
@@ -74,6 +76,10 @@ def worker_status(slot: Slot, now: float, memory: MemoryInfo | None) -> WorkerSt
         exit_code=slot.exit_code,
         last_exit_reason=slot.last_exit_reason,
         last_restart_at=slot.last_restart_at,
+        standby_pid=standby.pid if standby is not None else None,
+        peak_memory_bytes=slot.peak_memory_bytes,
+        recycles=slot.recycles,
+        last_recycle_seconds=slot.last_recycle_seconds,
     )
 
 

@@ -41,8 +41,9 @@ Data flow::
      source cannot serve, the books are marked stale and ``on_resync`` receives their ids;
   5. puts the slot back to ``running``.
 
-* recycle: the memory watch starts and handshakes a standby process first (the old one is sent nothing
-  meanwhile), then kills the old one; the restart adopts the standby instead of starting a process.
+* recycle (`Supervisor.recycle`): the old process is sent a ``Handoff`` and nothing after it, answers with
+  its books and is killed; the restart adopts the standby started meanwhile and queues ``Install`` (the
+  books) ahead of the frames queued since, instead of fetching snapshots. It never spends the budget.
 * shutdown: ``Stop`` is queued behind the data; workers drain, report and exit; after
   ``shutdown_timeout`` the rest get SIGTERM, then SIGKILL; every process is reaped, every fd closed.
 """
@@ -59,7 +60,7 @@ import anyio
 import anyio.abc
 
 from pool._exceptions import BrokenWorkerError, WorkerStartupError
-from pool._wire._protocol import Rebuild
+from pool._wire._protocol import Handoff, Install, Rebuild
 from pool.models import ExitReason, MessageError, PoolConfig, PoolEvent, PoolEventKind, WorkerState
 
 from ._events import EventHub
@@ -72,6 +73,9 @@ __all__ = ["SNAPSHOT_TIMEOUT", "ResyncCallback", "Supervisor"]
 ResyncCallback: TypeAlias = Callable[[list[str]], Awaitable[None] | None]
 
 _ABNORMAL = frozenset({ExitReason.CRASH, ExitReason.KILLED, ExitReason.HANG})
+
+# How long a worker may take to hand its books over (it answers behind what it was already sent).
+HANDOFF_TIMEOUT = 10.0
 
 # Restart back-off: the first restart in a window is immediate (a lone crash should cost as little
 # downtime as possible); each further one waits twice as long, from _BACKOFF_BASE up to _BACKOFF_CAP,
@@ -169,14 +173,7 @@ class Supervisor:
 
     async def _restart(self, slot: Slot) -> bool:
         """Bring a dead slot back; False when it has been given up (or the pool is stopping)."""
-        reason = slot.last_exit_reason
-        if reason is ExitReason.MEMORY:
-            # A memory recycle spends restart budget only when it repeats abnormally fast: within one
-            # restart_window of the previous one (a worker that outgrows its cap that quickly is broken).
-            now, previous = time.monotonic(), slot.last_memory_exit
-            slot.last_memory_exit = now
-            if previous is not None and now - previous < self._config.restart_window:
-                slot.abnormal_exits.append(now)
+        reason = slot.last_exit_reason  # a memory recycle is not abnormal: it never spends the budget
         while True:
             if reason in _ABNORMAL:
                 slot.abnormal_exits.append(time.monotonic())
@@ -187,6 +184,8 @@ class Supervisor:
             if self.stopping:
                 return False
             begun = time.monotonic()
+            if slot.standby_ready is not None:  # a recycle's replacement is starting: take it, not another
+                await slot.standby_ready.wait()
             standby, slot.standby = slot.standby, None
             if standby is not None:
                 slot.process = standby  # a recycle: the replacement is already running
@@ -203,7 +202,11 @@ class Supervisor:
         slot.restarts += 1
         slot.last_restart_at = time.time()
         self._emit(slot, PoolEventKind.WORKER_RESTARTED, reason=reason)
-        await self._rebuild(slot)
+        handoff, slot.handoff = slot.handoff, None
+        if handoff is not None:
+            slot.enqueue_first(Install(handoff))  # the old process's books, exactly: nothing to fetch
+        else:
+            await self._rebuild(slot)
         self._serve(slot)
         self._emit(
             slot,
@@ -213,23 +216,55 @@ class Supervisor:
         return True
 
     async def recycle(self, slot: Slot) -> None:
-        """Replace a running worker with no gap: start and handshake the replacement first, then swap.
+        """Replace a running worker by handing its books over: no book is stale and no snapshot is fetched.
 
-        The old worker is sent nothing more meanwhile (its frames wait in the slot's queue for the
-        replacement), so work cannot grow it further while the replacement starts.
+        At once, the worker is sent a `Handoff` behind what it was sent so far, and nothing after it (so
+        work stops growing it), and the replacement starts. The old process answers with every book and is
+        killed the moment it has (a leak in it grows no further while the replacement starts); the slot's
+        queries wait meanwhile. The replacement gets the books first, the frames queued since behind them.
+        If the old process dies before it answers, the replacement rebuilds from snapshots as after a crash.
         """
-        slot.holding = True
-        try:
-            standby = await self._launcher.start(slot.worker_id)
-        except WorkerStartupError as exc:
-            self._log.warning("worker_recycle_fell_back_to_restart", worker_id=slot.worker_id, error=str(exc))
-        else:
-            slot.standby = standby
-            slot.recycling = True
+        begun = time.monotonic()
         process = slot.process
         assert process is not None
-        process.kill(ExitReason.MEMORY)
+        reply = slot.request(Handoff)
+        slot.wake()
+        slot.standby_ready = anyio.Event()
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(self._start_standby, slot, process)
+            answered = await slot.wait_answer(reply, HANDOFF_TIMEOUT) and reply.data is not None
+            if slot.process is process and slot.broken is None:
+                slot.handoff = reply.data if answered else None
+                slot.recycling = True
+                process.kill(ExitReason.MEMORY)  # the restart adopts the standby once it is ready
         await process.exited.wait()
+        await slot.wait_running()
+        if answered:
+            slot.recycles += 1
+            slot.last_recycle_seconds = time.monotonic() - begun
+            self._log.info(
+                "worker_recycled",
+                worker_id=slot.worker_id,
+                books=slot.book_count,
+                handoff_bytes=len(reply.data or b""),
+                seconds=round(slot.last_recycle_seconds, 3),
+            )
+
+    async def _start_standby(self, slot: Slot, process: WorkerProcess) -> None:
+        """Start ``slot``'s replacement for a recycle; the restart waits for it (`Slot.standby_ready`)."""
+        try:
+            standby = await self._launcher.start(slot.worker_id)
+        except WorkerStartupError as exc:  # the restart starts one itself
+            self._log.warning("worker_recycle_standby_failed", worker_id=slot.worker_id, error=str(exc))
+        else:
+            if slot.process is process and slot.broken is None and not self.stopping:
+                slot.standby = standby
+            else:  # the old process died first and its restart started another: never leave one unsupervised
+                await standby.kill_and_reap()
+        finally:
+            ready, slot.standby_ready = slot.standby_ready, None
+            if ready is not None:
+                ready.set()
 
     def _backoff(self, slot: Slot) -> float:
         streak = len(slot.abnormal_exits)
@@ -239,6 +274,9 @@ class Supervisor:
         return delay
 
     def _give_up(self, slot: Slot) -> None:
+        standby, slot.standby = slot.standby, None
+        if standby is not None and self._task_group is not None:  # never left running unsupervised
+            self._task_group.start_soon(standby.kill_and_reap)
         slot.state = WorkerState.FAILED
         detail = (
             f"more than max_restarts={self._config.max_restarts} abnormal exits within "

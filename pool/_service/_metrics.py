@@ -45,6 +45,9 @@ METRIC_NAMES = (
     "worker_pool_stale_books",
     "worker_pool_memory_bytes",
     "worker_pool_memory_ratio",
+    "worker_pool_memory_peak_bytes",
+    "worker_pool_memory_cap_bytes",
+    "worker_pool_recycles",
     "worker_pool_worker_up",
     "worker_pool_state",
     "worker_pool_batch_apply_seconds",
@@ -87,6 +90,13 @@ class PoolCollector(Collector):
             "worker_pool_memory_bytes", "Worker memory, as the monitor measures it.", labels=labels
         )
         ratio = GaugeMetricFamily("worker_pool_memory_ratio", "Worker memory over its cap.", labels=labels)
+        peak = GaugeMetricFamily(
+            "worker_pool_memory_peak_bytes", "Highest memory sample of any of the slot's processes.", labels=labels
+        )
+        cap = GaugeMetricFamily("worker_pool_memory_cap_bytes", "The worker's memory cap.", labels=labels)
+        recycles = CounterMetricFamily(
+            "worker_pool_recycles", "Memory recycles that handed the books over.", labels=labels
+        )
         up = GaugeMetricFamily("worker_pool_worker_up", "1 while the worker is running, else 0.", labels=labels)
         apply_time = HistogramMetricFamily(
             "worker_pool_batch_apply_seconds", "Time to decode and apply one batch of frames.", labels=labels
@@ -101,6 +111,10 @@ class PoolCollector(Collector):
             memory.add_metric(label, worker.memory_bytes)
             if worker.memory_ratio is not None:
                 ratio.add_metric(label, worker.memory_ratio)
+            if worker.memory_cap_bytes is not None:
+                cap.add_metric(label, worker.memory_cap_bytes)
+            peak.add_metric(label, worker.peak_memory_bytes)
+            recycles.add_metric(label, worker.recycles)
             up.add_metric(label, 1.0 if worker.status is WorkerState.RUNNING else 0.0)
             worker_stats = stats.get(worker_id)
             if worker_stats is not None:
@@ -115,7 +129,8 @@ class PoolCollector(Collector):
             "The pool's state.",
             value={s.value: s is status.pool_status for s in PoolState},
         )
-        yield from (messages, updates, errors, rejections, restarts, books, stale, memory, ratio, up, state, apply_time)
+        yield from (messages, updates, errors, rejections, restarts, books, stale, memory, ratio, peak, cap, recycles)
+        yield from (up, state, apply_time)
         yield from _feed_metrics(status)
 
 

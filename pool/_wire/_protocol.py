@@ -22,11 +22,14 @@ __all__ = [
     "MAX_BATCH_FRAMES",
     "MAX_FRAME_BYTES",
     "Batch",
+    "BookDump",
     "BookReply",
     "Boot",
     "Fatal",
     "FromWorker",
     "GetBook",
+    "Handoff",
+    "Install",
     "LogTally",
     "MarkStale",
     "Progress",
@@ -110,7 +113,20 @@ class Stop(msgspec.Struct, tag=True, array_like=True):
     """Finish what was sent before, report final stats, and exit 0."""
 
 
-ToWorker = Boot | Batch | GetBook | Trim | Rebuild | MarkStale | Stop
+class Handoff(msgspec.Struct, tag=True, array_like=True):
+    """Send every book back (a `BookDump`), for a memory recycle: the last message this process is sent."""
+
+    request_id: int
+
+
+class Install(msgspec.Struct, tag=True, array_like=True):
+    """The books a recycled process handed over (a msgpack `list[BookState]`): the replacement's first
+    message, ahead of every frame queued since the handoff."""
+
+    books: bytes
+
+
+ToWorker = Boot | Batch | GetBook | Trim | Handoff | Install | Rebuild | MarkStale | Stop
 
 
 class Ready(msgspec.Struct, tag=True, array_like=True):
@@ -165,7 +181,14 @@ class Fatal(msgspec.Struct, tag=True, array_like=True):
     error: str
 
 
-FromWorker = Ready | Progress | BookReply | Trimmed | Fatal
+class BookDump(msgspec.Struct, tag=True, array_like=True):
+    """The answer to `Handoff`: every book of the worker, a msgpack `list[BookState]`."""
+
+    request_id: int
+    books: bytes
+
+
+FromWorker = Ready | Progress | BookReply | Trimmed | BookDump | Fatal
 
 
 def frame_header(payload_size: int) -> bytes:

@@ -24,9 +24,12 @@ import psutil
 
 from pool._wire._protocol import (
     Batch,
+    BookDump,
     BookReply,
     Boot,
     GetBook,
+    Handoff,
+    Install,
     MarkStale,
     Progress,
     Rebuild,
@@ -40,6 +43,7 @@ from pool._wire._tally import Tally
 from pool.models import (
     BATCH_SECONDS_BOUNDS,
     BookEvent,
+    BookState,
     BookStore,
     BookView,
     Event,
@@ -77,6 +81,7 @@ class WorkerLoop:
         self._conn = conn
         self._encoder = msgspec.msgpack.Encoder()
         self._decoder = msgspec.msgpack.Decoder(ToWorker)
+        self._states = msgspec.msgpack.Decoder(list[BookState])
         self._heartbeat_interval = boot.heartbeat_interval
         self._tally = tally
         self._route = Router(boot.worker_count)
@@ -131,6 +136,12 @@ class WorkerLoop:
                     self._last_sample = 0.0  # the next report re-reads RSS
                     self._report()
                     conn.send_bytes(self._encoder.encode(Trimmed(request_id)))
+                case Handoff(request_id):
+                    dump = self._encoder.encode(self._store.dump())
+                    conn.send_bytes(self._encoder.encode(BookDump(request_id, dump)))
+                case Install(books):
+                    self._store.install(self._states.decode(books))
+                    self._report()
                 case Rebuild(books, stale):
                     self._rebuild(books, stale)
                     self._report()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -146,3 +147,25 @@ class Unloadable:
 
 def handler_with(resource: Any, worker_id: int) -> None:
     return None
+
+
+class SteadyLeak:
+    """Leaks ``mb_per_second`` MB a second from a thread of its own, whatever the traffic: the handler that
+    outgrows its cap every few seconds, as a slow leak in user code would."""
+
+    def __init__(self, mb_per_second: float) -> None:
+        self._kept: list[bytearray] = []
+        self._step = int(mb_per_second * 1024 * 1024 / 100)  # every 10 ms
+        threading.Thread(target=self._leak, daemon=True).start()
+
+    def _leak(self) -> None:
+        while True:
+            self._kept.append(bytearray(b"x" * self._step))  # written, so the pages are really resident
+            time.sleep(0.01)
+
+    def on_price_change(self, book: Any, event: Any) -> None:
+        pass
+
+
+def steady_leak(mb_per_second: float, worker_id: int) -> SteadyLeak:
+    return SteadyLeak(mb_per_second)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from decimal import Decimal
 
 import msgspec
@@ -11,6 +12,7 @@ from hypothesis import strategies as st
 
 from pool.models import (
     BookEvent,
+    BookState,
     BookStore,
     Level,
     MessageError,
@@ -343,3 +345,34 @@ class TestRecovery:
         assert "a" not in store.books and store.skipped == 1 and store.stale == {"a"}
         store.apply(book_event([("0.3", "4")], [], asset_id="a"))
         assert store.stale == set() and store.books["a"].bids() == [("0.3", "4")]
+
+
+class TestHandoff:
+    def test_a_dumped_store_installs_exactly_in_another(self) -> None:
+        """What a recycle hands over (through msgpack, as on the channel) is the same books: levels, trade,
+        tick size, timestamps, the floor of a rebuilt book and the stale flags; prices stay shared."""
+        old = BookStore()
+        for frame in sequence_objects("sequence_2025-10_price_change_v2.txt"):
+            for event in decode_frame(frame):
+                with contextlib.suppress(MessageError):
+                    old.apply(event)
+        old.rebuild(book_event([("0.31", "7")], [("0.69", "1.000001")], asset_id="rebuilt"))
+        old.mark_stale(["rebuilt"])
+        old.apply(book_event([("0.5", "3")], [], asset_id="plain"))
+        for frame in (
+            b'{"event_type":"last_trade_price","asset_id":"plain","price":"0.5","side":"BUY","size":"2"}',
+            b'{"event_type":"tick_size_change","asset_id":"plain","old_tick_size":"0.01","new_tick_size":"0.001"}',
+        ):
+            old.apply(decode_frame(frame)[0])
+        assert len(old.books) == 3 and old.books["plain"].last_trade is not None
+        wire = msgspec.msgpack.encode(old.dump())
+        new = BookStore()
+        installed = new.install(msgspec.msgpack.decode(wire, type=list[BookState]))
+        assert [book.asset_id for book in installed] == list(old.books)
+        for asset_id, book in old.books.items():
+            twin = new.books[asset_id]
+            assert twin.view(stale=asset_id in new.stale) == book.view(stale=asset_id in old.stale)
+            assert (twin.floor, twin.timestamp, twin.tick_size) == (book.floor, book.timestamp, book.tick_size)
+        assert new.stale == old.stale == {"rebuilt"}
+        prices = [p for book in new.books.values() for p in book._bid_prices + book._ask_prices]
+        assert len({id(p) for p in prices}) == len(set(prices))  # one float object per price value

@@ -34,6 +34,7 @@ class TestPoolConfig:
             ({"shutdown_timeout": -1.0}, ValueError, "shutdown_timeout"),
             ({"max_pending_messages": 0}, ValueError, "max_pending_messages"),
             ({"memory_threshold": 75}, ValueError, r"memory_threshold must be in \(0, 1\], got 75"),
+            ({"memory_recycle_ratio": 1.5}, ValueError, r"memory_recycle_ratio must be in \(0, 1\], got 1.5"),
             ({"heartbeat_timeout": "5"}, TypeError, "heartbeat_timeout must be a number"),
             ({"start_method": "thread"}, ValueError, "start_method must be one of 'spawn'"),
             ({"start_method": "forkserver"}, ValueError, "never run your __main__ again"),
