@@ -31,6 +31,7 @@ _RANGES: dict[str, tuple[type, float, float, bool]] = {
     "memory_check_interval": (float, 0.0, 3600.0, False),
     "memory_mb_per_1000_books": (float, 0.0, 1_000_000.0, False),
     "worker_memory_cap_mb": (float, 0.0, 10_000_000.0, False),
+    "worker_memory_limit_mb": (float, 0.0, 10_000_000.0, False),
     "memory_threshold": (float, 0.0, 1.0, False),
     "memory_recycle_ratio": (float, 0.0, 1.0, False),
 }
@@ -59,6 +60,9 @@ class PoolConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
         memory_check_interval: how often the memory monitor samples every worker.
         memory_mb_per_1000_books: a worker's cap is this many MB per 1000 books it holds (at least 1000).
         worker_memory_cap_mb: an absolute per-worker cap that overrides the per-book rule.
+        worker_memory_limit_mb: an OS-enforced backstop, off by default: each worker's ``RLIMIT_DATA``.
+            Allocations past it fail with ``MemoryError`` inside the worker, however fast it grows; set
+            it well above the cap, since it counts heap the worker has reserved, not only what it uses.
         memory_threshold: fraction of system memory in use above which the system counts as under pressure.
         memory_policy: what a breach of a worker's cap does: ``recycle``, ``restart`` or ``callback``.
         memory_recycle_ratio: under ``recycle``, the fraction of its cap at which a worker is recycled: below
@@ -77,6 +81,7 @@ class PoolConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     memory_check_interval: float = 1.0
     memory_mb_per_1000_books: float = 100.0
     worker_memory_cap_mb: float | None = None
+    worker_memory_limit_mb: float | None = None
     memory_threshold: float = 0.75
     memory_policy: MemoryPolicy = "recycle"
     memory_recycle_ratio: float = 0.9

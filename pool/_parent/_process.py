@@ -124,6 +124,9 @@ class Launcher:
             factory=self._factory.pickled if self._factory else None,
             factory_takes_worker_id=self._factory.takes_worker_id if self._factory else False,
             sys_path=list(sys.path),
+            data_limit_bytes=None
+            if self._config.worker_memory_limit_mb is None
+            else int(self._config.worker_memory_limit_mb * 1024 * 1024),
         )
         process = WorkerProcess(worker_id, popen, parent_sock, boot, self._config, self._log, self._emit)
         process.on_reaped = self.live.discard

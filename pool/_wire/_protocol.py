@@ -65,6 +65,7 @@ class Boot(msgspec.Struct, tag=True, array_like=True):
     ``__main__``, a notebook or ``python -c``; by reference to its module otherwise), or ``None`` for no
     handler; ``factory_takes_worker_id`` says whether to call it with the worker id. ``sys_path`` is the
     parent's, so a factory pickled by reference imports in the worker exactly as it did in the parent.
+    ``data_limit_bytes`` is the ``RLIMIT_DATA`` the worker sets on itself before it builds anything.
     """
 
     worker_id: int
@@ -73,6 +74,7 @@ class Boot(msgspec.Struct, tag=True, array_like=True):
     factory: bytes | None
     factory_takes_worker_id: bool
     sys_path: list[str]
+    data_limit_bytes: int | None = None
 
 
 class Batch(msgspec.Struct, tag=True, array_like=True):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import ctypes
 import os
 import pickle
+import resource
 import signal
 import socket
 import sys
@@ -50,8 +51,13 @@ def main() -> None:
         return  # the parent gave up on us before we were told who we are
     sys.path[:] = boot.sys_path
     tally = Tally()
-    stage = "load"
+    stage = "limit"
     try:
+        if boot.data_limit_bytes is not None:
+            # The kernel refuses allocations past it, however fast the worker grows: a backstop for the
+            # sampling monitor. Its hard limit too, so nothing in the worker can raise it again.
+            resource.setrlimit(resource.RLIMIT_DATA, (boot.data_limit_bytes, boot.data_limit_bytes))
+        stage = "load"
         factory: Any = pickle.loads(boot.factory) if boot.factory is not None else None
         stage = "build"
         handler = None if factory is None else factory(boot.worker_id) if boot.factory_takes_worker_id else factory()

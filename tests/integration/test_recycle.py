@@ -175,3 +175,36 @@ def test_a_sigkill_at_the_breach_still_ends_with_exact_books() -> None:
             return child_pids() <= known
 
         wait_for(nothing_unsupervised, timeout=20, what="every child process a worker or a shown standby")
+
+
+def test_the_os_limit_stops_a_leak_the_sampling_would_not_catch_in_time() -> None:
+    """`worker_memory_limit_mb` (RLIMIT_DATA) with recycling off: a 50 MB/s leak is refused by the kernel
+    at the limit (the leaking thread gets MemoryError), and the USS an independent sampler sees never
+    passes it."""
+    limit_mb = 150
+    market = SyntheticMarket(50, seed=53)
+    pool = PersistentWorkerPool(
+        PoolConfig(
+            worker_count=1,
+            heartbeat_interval=0.5,
+            memory_policy="callback",
+            worker_memory_cap_mb=10_000,
+            worker_memory_limit_mb=limit_mb,
+        ),
+        handler_factory=functools.partial(handlers.steady_leak, 50),
+    )
+    with UssSampler() as sampler, pool:
+        pool.publish(market.snapshots())
+        wait_for(lambda: max(sampler.peak.values(), default=0) > 0.8 * limit_mb * 2**20, timeout=30, what="growth")
+        peak_before = max(sampler.peak.values())
+        pid = pool.get_status().workers[0].pid
+        ends = time.monotonic() + 3  # 150 MB more of leak, had the kernel not refused it
+        while time.monotonic() < ends:
+            pool.publish(list(market.updates(100)))
+            pool.flush(timeout=30)
+        assert pool.get_book(market.asset_ids[0], timeout=10).bids
+        status = pool.get_status().workers[0]
+        restarts = status.restarts
+    assert peak_before > 0.8 * limit_mb * 2**20
+    assert max(sampler.peak.values()) <= limit_mb * 2**20, max(sampler.peak.values()) / 2**20
+    assert (status.pid, restarts) == (pid, 0)  # only the leaking thread failed; the worker went on
