@@ -324,6 +324,19 @@ class OrderBook:
             stale=stale,
         )
 
+    def snapshot(self) -> BookEvent:
+        """The book as a `book` event (levels in the exchange's order, best last): what a handler's
+        ``on_snapshot`` is shown when the book arrives by another way than a snapshot frame (a handoff)."""
+        return BookEvent(
+            asset_id=self.asset_id,
+            market=self.market,
+            bids=[Level(price, size) for price, size in reversed(self.bids())],
+            asks=[Level(price, size) for price, size in reversed(self.asks())],
+            timestamp=self.timestamp,
+            tick_size=self.tick_size,
+            last_trade_price=self.last_trade.price if self.last_trade is not None else None,
+        )
+
     def __repr__(self) -> str:
         bids, asks = self.depth
         return f"OrderBook({self.asset_id[:12]}..., bids={bids}, asks={asks}, best={self.best_bid()}/{self.best_ask()})"

@@ -5,6 +5,7 @@ and a status can cross a process boundary in one encode.
 """
 
 import enum
+from typing import Literal, TypeAlias
 
 import msgspec
 
@@ -16,6 +17,7 @@ __all__ = [
     "PoolEventKind",
     "PoolState",
     "PoolStatus",
+    "RecycleCause",
     "Trade",
     "WorkerState",
     "WorkerStats",
@@ -54,6 +56,13 @@ class ExitReason(enum.StrEnum):
     MEMORY = "memory"  # recycled by the memory monitor
     OPERATOR = "operator"  # restarted on request (restart_worker)
     SHUTDOWN = "shutdown"  # stopped with the pool
+
+
+# Why a worker was replaced for memory, as `WorkerStatus.recycles_by_cause` counts it: ``handoff``, its
+# books handed over (the normal recycle); ``rebuild``, a handoff the old process never answered (it died
+# first), so the replacement rebuilt from snapshots; ``restart``, killed and rebuilt under
+# ``memory_policy="restart"``; ``pressure``, a recycle turned into a restart by system memory pressure.
+RecycleCause: TypeAlias = Literal["handoff", "rebuild", "restart", "pressure"]
 
 
 class PoolEventKind(enum.StrEnum):
@@ -182,9 +191,9 @@ class WorkerStatus(msgspec.Struct, frozen=True, kw_only=True):
 
     ``standby_pid`` is the replacement a memory recycle has started, while it exists; ``peak_memory_bytes``
     the highest sample of any of the slot's processes (the figure the cap is held to); ``recycles`` the
-    memory recycles done by handing the books over (``restarts`` counts every replacement, recycles
-    included) and ``last_recycle_seconds`` how long the last took, from asking for the books to the
-    replacement serving them.
+    replacements made for memory and ``recycles_by_cause`` the same by `RecycleCause` (``restarts``
+    counts every replacement, these included); ``last_recycle_seconds`` how long the last handoff took,
+    from asking for the books to the replacement serving them.
     """
 
     worker_id: int
@@ -207,6 +216,7 @@ class WorkerStatus(msgspec.Struct, frozen=True, kw_only=True):
     standby_pid: int | None = None
     peak_memory_bytes: int = 0
     recycles: int = 0
+    recycles_by_cause: dict[str, int] = {}
     last_recycle_seconds: float | None = None
 
 

@@ -24,7 +24,6 @@ grows. Each slot has at most one action under way; slots are acted on independen
 from __future__ import annotations
 
 import time
-from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -92,7 +91,6 @@ class MemoryWatch:
         self._act_at = config.memory_recycle_ratio if config.memory_policy == "recycle" else 1.0
         self.memory = memory_status(monitor.sample_system())
         self.samples: dict[int, MemoryInfo] = {}
-        self.actions: deque[tuple[int, str]] = deque(maxlen=100)  # (worker id, action) taken, newest last
 
     async def run(self, task_group: anyio.abc.TaskGroup) -> None:
         while True:
@@ -179,7 +177,6 @@ class MemoryWatch:
                     "memory_given_back", worker_id=slot.worker_id, before=info.bytes_used, after=again.bytes_used
                 )
                 return
-            self.actions.append((slot.worker_id, action))
             why = " (recycle refused: system memory pressure)" if policy == "recycle" and pressure else ""
             self._events.emit(
                 PoolEvent(
@@ -199,6 +196,7 @@ class MemoryWatch:
                 await self._check_recycle_helped(slot)
             else:
                 process.kill(ExitReason.MEMORY)
+                slot.recycled("pressure" if why else "restart")
                 await process.exited.wait()
             await slot.wait_running()
         except BrokenWorkerError:

@@ -26,7 +26,7 @@ import anyio
 
 from pool._exceptions import BrokenWorkerError, PoolClosedError
 from pool._wire._protocol import GetBook, Handoff, Install, Rebuild, ToWorker, Trim
-from pool.models import BookView, ExitReason, WorkerState, WorkerStats
+from pool.models import BookView, ExitReason, RecycleCause, WorkerState, WorkerStats
 
 from ._changes import Changes
 
@@ -99,7 +99,7 @@ class Slot:
         self.wake_requested = False
         # The books a recycled process handed over, until its replacement is sent them; and the record.
         self.handoff: bytes | None = None
-        self.recycles = 0
+        self.recycles: dict[RecycleCause, int] = {}  # replacements for memory, by cause
         self.peak_memory_bytes = 0
         self.recycling_futile = False  # a fresh replacement was already at its cap: recycling cannot help
         self.last_recycle_seconds: float | None = None  # breach (handoff asked) to the replacement serving
@@ -244,6 +244,10 @@ class Slot:
             return
         self.retired_errors += stats.errors
         add_counts(self.retired_rejections, stats.rejections)
+
+    def recycled(self, cause: RecycleCause) -> None:
+        """Count a replacement made for memory."""
+        self.recycles[cause] = self.recycles.get(cause, 0) + 1
 
     def books_rejected(self, asset_ids: Iterable[str]) -> list[str]:
         """The worker rejected a `book` for each of ``asset_ids`` and holds it stale; return the newly stale.

@@ -78,7 +78,8 @@ def worker_status(slot: Slot, now: float, memory: MemoryInfo | None) -> WorkerSt
         last_restart_at=slot.last_restart_at,
         standby_pid=standby.pid if standby is not None else None,
         peak_memory_bytes=slot.peak_memory_bytes,
-        recycles=slot.recycles,
+        recycles=sum(slot.recycles.values()),
+        recycles_by_cause={cause: count for cause, count in slot.recycles.items()},
         last_recycle_seconds=slot.last_recycle_seconds,
     )
 

@@ -239,8 +239,8 @@ class Supervisor:
                 process.kill(ExitReason.MEMORY)  # the restart adopts the standby once it is ready
         await process.exited.wait()
         await slot.wait_running()
+        slot.recycled("handoff" if answered else "rebuild")
         if answered:
-            slot.recycles += 1
             slot.last_recycle_seconds = time.monotonic() - begun
             self._log.info(
                 "worker_recycled",

@@ -28,7 +28,7 @@ from prometheus_client.metrics_core import (
 )
 from prometheus_client.registry import Collector
 
-from pool.models import BATCH_SECONDS_BOUNDS, PoolState, PoolStatus, Rejection, WorkerState, WorkerStats
+from pool.models import BATCH_SECONDS_BOUNDS, PoolState, PoolStatus, RecycleCause, Rejection, WorkerState, WorkerStats
 
 __all__ = ["FEED_METRIC_NAMES", "METRIC_NAMES", "MetricsServer", "PoolCollector"]
 
@@ -53,6 +53,7 @@ METRIC_NAMES = (
     "worker_pool_batch_apply_seconds",
 )
 _REASONS: tuple[str, ...] = get_args(Rejection)
+_RECYCLE_CAUSES: tuple[str, ...] = get_args(RecycleCause)
 
 # The families of attached feeds (`PoolStatus.feeds`), labelled by ``feed``; absent when no feed runs.
 FEED_METRIC_NAMES = (
@@ -95,7 +96,9 @@ class PoolCollector(Collector):
         )
         cap = GaugeMetricFamily("worker_pool_memory_cap_bytes", "The worker's memory cap.", labels=labels)
         recycles = CounterMetricFamily(
-            "worker_pool_recycles", "Memory recycles that handed the books over.", labels=labels
+            "worker_pool_recycles",
+            "Replacements of the worker for memory, by cause (models.RecycleCause).",
+            labels=[*labels, "cause"],
         )
         up = GaugeMetricFamily("worker_pool_worker_up", "1 while the worker is running, else 0.", labels=labels)
         apply_time = HistogramMetricFamily(
@@ -114,7 +117,8 @@ class PoolCollector(Collector):
             if worker.memory_cap_bytes is not None:
                 cap.add_metric(label, worker.memory_cap_bytes)
             peak.add_metric(label, worker.peak_memory_bytes)
-            recycles.add_metric(label, worker.recycles)
+            for cause in _RECYCLE_CAUSES:
+                recycles.add_metric([*label, cause], worker.recycles_by_cause.get(cause, 0))
             up.add_metric(label, 1.0 if worker.status is WorkerState.RUNNING else 0.0)
             worker_stats = stats.get(worker_id)
             if worker_stats is not None:

@@ -140,7 +140,7 @@ class WorkerLoop:
                     dump = self._encoder.encode(self._store.dump())
                     conn.send_bytes(self._encoder.encode(BookDump(request_id, dump)))
                 case Install(books):
-                    self._store.install(self._states.decode(books))
+                    self._install(books)
                     self._report()
                 case Rebuild(books, stale):
                     self._rebuild(books, stale)
@@ -164,6 +164,15 @@ class WorkerLoop:
         if asset_id in self._store.stale:
             return BookView.stale_placeholder(asset_id)
         return None
+
+    def _install(self, books: bytes) -> None:
+        """Install the books a recycled worker handed over; the handler sees each as a snapshot, as after a
+        rebuild, so state it keeps per book is rebuilt too."""
+        installed = self._store.install(self._states.decode(books))
+        if BookEvent in self._handlers.callbacks:
+            for book in installed:
+                if book.asset_id not in self._store.stale:  # a stale book waits for a real snapshot
+                    self._handlers.call(book.snapshot(), [book])
 
     def _rebuild(self, books: list[bytes], stale: list[str]) -> None:
         """Install recovery snapshots (the handler sees each as a snapshot), then note the stale assets."""

@@ -98,8 +98,22 @@ class MemoryHog:
         self._kept.append(bytearray(b"x" * self._chunk))  # written, so the pages are really resident
 
 
+class RecordingHog(MemoryHog, RecordingHandler):
+    """A `MemoryHog` that records its snapshots as `RecordingHandler` does."""
+
+    def __init__(self, chunk_kb: int, directory: str, worker_id: int) -> None:
+        MemoryHog.__init__(self, chunk_kb)
+        RecordingHandler.__init__(self, directory, worker_id)
+
+    on_price_change = MemoryHog.on_price_change
+
+
 def memory_hog(target_worker: int, chunk_kb: int, worker_id: int) -> MemoryHog | None:
     return MemoryHog(chunk_kb) if worker_id == target_worker else None
+
+
+def recording_hog(target_worker: int, chunk_kb: int, directory: str, worker_id: int) -> RecordingHog | None:
+    return RecordingHog(chunk_kb, directory, worker_id) if worker_id == target_worker else None
 
 
 def _write_marker(path: str) -> None:

@@ -23,7 +23,8 @@ pytestmark = pytest.mark.timeout(120)
 
 CAP_MB = 100  # the default rule's cap for a worker of up to 1,000 books
 LEAK_MB_PER_S = 25
-RUN_SECONDS = 20
+# 20 s in CI; the 60 s acceptance run is PWP_RECYCLE_SECONDS=60.
+RUN_SECONDS = float(os.environ.get("PWP_RECYCLE_SECONDS", "20"))
 
 
 class UssSampler:
@@ -107,6 +108,7 @@ def test_a_steady_leak_is_recycled_without_ever_losing_or_staling_a_book(with_so
     recycles = [worker.recycles for worker in status.workers.values()]
     assert min(recycles) >= 3, recycles  # 20 s at 25 MB/s against a 100 MB cap: every few seconds
     assert sum(recycles) > pool.config.max_restarts  # more than the crash budget: it was never spent
+    assert all(worker.recycles_by_cause == {"handoff": worker.recycles} for worker in status.workers.values())
     assert all(worker.last_exit_reason is ExitReason.MEMORY for worker in status.workers.values())
     assert stale_seen == []
     peak = max(sampler.peak.values())
@@ -129,7 +131,8 @@ def test_a_worker_whose_books_alone_exceed_the_cap_keeps_running_with_one_clear_
         samples = pool.memory_monitor.samples
         wait_for(lambda: pool.memory_monitor.samples >= samples + 20, timeout=30, what="20 more samples")
         status = pool.get_status().workers[0]
-        assert status.status is WorkerState.RUNNING and status.restarts == 1 and status.recycles == 1
+        assert status.status is WorkerState.RUNNING and status.restarts == 1
+        assert status.recycles_by_cause == {"handoff": 1}
         futile = [e for e in events if "cannot help" in (e.detail or "")]
         assert len(futile) == 1 and "cap of 5.0 MB" in (futile[0].detail or "")
         assert not pool.get_book(market.asset_ids[0], timeout=10).stale

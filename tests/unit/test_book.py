@@ -18,6 +18,7 @@ from pool.models import (
     MessageError,
     OrderBook,
     PriceChange,
+    Trade,
     UnknownEvent,
     decode_frame,
     format_decimal,
@@ -376,3 +377,25 @@ class TestHandoff:
         assert new.stale == old.stale == {"rebuilt"}
         prices = [p for book in new.books.values() for p in book._bid_prices + book._ask_prices]
         assert len({id(p) for p in prices}) == len(set(prices))  # one float object per price value
+
+    def test_a_book_as_a_snapshot_rebuilds_the_same_book(self) -> None:
+        """`OrderBook.snapshot` (what a handler is shown for a handed-over book) is a `book` event in the
+        exchange's order that, applied to an empty store, gives the same book back."""
+        old = BookStore()
+        old.apply(book_event([("0.31", "7"), ("0.32", "1.5")], [("0.69", "1.000001"), ("0.68", "2")]))
+        old.apply(
+            decode_frame(
+                b'{"event_type":"last_trade_price","asset_id":"%s","price":"0.5","side":"BUY","size":"1"}'
+                % ASSET.encode()
+            )[0]
+        )
+        book = old.books[ASSET]
+        event = book.snapshot()
+        assert [level.price for level in event.bids] == ["0.31", "0.32"]  # best last, as the exchange sends
+        assert [level.price for level in event.asks] == ["0.69", "0.68"]
+        new = BookStore()
+        new.apply(event)
+        # A `book` carries the last trade's price only.
+        assert new.books[ASSET].view() == msgspec.structs.replace(
+            book.view(), last_trade=Trade(price="0.5", timestamp=1)
+        )
