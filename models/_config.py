@@ -25,6 +25,7 @@ _RANGES: dict[str, tuple[type, float, float, bool]] = {
     "heartbeat_timeout": (float, 0.0, _DAY, False),
     "shutdown_timeout": (float, 0.0, _DAY, False),
     "worker_startup_timeout": (float, 0.0, _DAY, False),
+    "snapshot_timeout": (float, 0.0, _DAY, False),
     "max_pending_messages": (int, 1, 100_000_000, True),
     "max_restarts": (int, 0, 1_000_000, True),
     "restart_window": (float, 0.0, _DAY, False),
@@ -51,6 +52,8 @@ class PoolConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
         heartbeat_timeout: silence after which a worker counts as hung; ``None`` means 3 intervals.
         shutdown_timeout: how long a graceful stop may take before workers are terminated, then killed.
         worker_startup_timeout: how long a worker may take to report ready.
+        snapshot_timeout: how long one fetch from the snapshot source may take before it is abandoned
+            and retried (with back-off). Raise it for a slow REST source and many assets.
         max_pending_messages: frames published to one worker and not yet applied. When reached, `publish`
             waits: this bounds the parent's memory at about this many frames per worker.
         start_method: how workers start: ``spawn``, a fresh interpreter running the pool's own entry point
@@ -74,6 +77,7 @@ class PoolConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     heartbeat_timeout: float | None = None
     shutdown_timeout: float = 10.0
     worker_startup_timeout: float = 30.0
+    snapshot_timeout: float = 10.0
     max_pending_messages: int = 50_000
     start_method: StartMethod = "spawn"
     max_restarts: int = 5

@@ -10,11 +10,15 @@ handed to ``on_resync``. Raising (or timing out) makes the pool retry with backo
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+import threading
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, Protocol, TypeAlias, runtime_checkable
 
 import anyio
+import anyio.from_thread
+import anyio.lowlevel
 import msgspec
 
 from pool.models import BookEvent, MessageError, RejectedEvent, decode_frame
@@ -38,7 +42,10 @@ class SnapshotSource(Protocol):
 class CallableSnapshotSource:
     """A `SnapshotSource` made from a plain function, sync or async, taking the asset ids.
 
-    A sync function runs in a worker thread, so a blocking HTTP client does not stall the pool.
+    A sync function runs in a daemon thread of its own, so a blocking HTTP client does not stall the pool,
+    and one that never returns is abandoned by the fetch timeout (its late result is ignored) and holds up
+    neither shutdown nor the interpreter's exit. (anyio's worker threads cannot do this: a cancelled call
+    keeps its thread, and on asyncio that thread is joined when the interpreter exits.)
     """
 
     def __init__(self, function: Callable[[Sequence[str]], Iterable[Snapshot] | Awaitable[Iterable[Snapshot]]]) -> None:
@@ -50,13 +57,35 @@ class CallableSnapshotSource:
         if inspect.iscoroutinefunction(self._function):
             result: Any = await self._function(asset_ids)
         else:
-            result = await anyio.to_thread.run_sync(self._function, asset_ids)
+            result = await _in_daemon_thread(self._function, asset_ids)
             if inspect.isawaitable(result):
                 result = await result
         return list(result)
 
     def __repr__(self) -> str:
         return f"CallableSnapshotSource({self._function!r})"
+
+
+async def _in_daemon_thread(function: Callable[[Sequence[str]], Any], asset_ids: Sequence[str]) -> Any:
+    """``function(asset_ids)`` in a new daemon thread; cancelling the wait abandons the call."""
+    finished = anyio.Event()
+    outcome: list[tuple[bool, Any]] = []
+    token = anyio.lowlevel.current_token()
+
+    def run() -> None:
+        try:
+            outcome.append((True, function(asset_ids)))
+        except BaseException as exc:  # handed to the waiting task, which re-raises it
+            outcome.append((False, exc))
+        with contextlib.suppress(anyio.RunFinishedError):  # the loop has ended: nobody waits any more
+            anyio.from_thread.run_sync(finished.set, token=token)
+
+    threading.Thread(target=run, name="snapshot-source", daemon=True).start()
+    await finished.wait()
+    ok, value = outcome[0]
+    if not ok:
+        raise value
+    return value
 
 
 def as_snapshot_source(source: Any) -> SnapshotSource | None:

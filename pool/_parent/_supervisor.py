@@ -68,7 +68,7 @@ from ._process import Launcher, WorkerProcess, describe_exit, explain_exit
 from ._slot import Slot
 from ._snapshots import SnapshotSource, snapshot_frames
 
-__all__ = ["SNAPSHOT_TIMEOUT", "ResyncCallback", "Supervisor"]
+__all__ = ["ResyncCallback", "Supervisor"]
 
 ResyncCallback: TypeAlias = Callable[[list[str]], Awaitable[None] | None]
 
@@ -82,10 +82,6 @@ HANDOFF_TIMEOUT = 10.0
 # times a random factor in [0.5, 1] so that workers of several pools do not restart in lock step.
 _BACKOFF_BASE = 0.1
 _BACKOFF_CAP = 10.0
-
-# A snapshot fetch that takes longer than this is abandoned and retried (with the same back-off). Raise
-# it for a slow REST source and many assets; lowering it only makes a slow source fail sooner.
-SNAPSHOT_TIMEOUT = 10.0
 
 
 class Supervisor:
@@ -340,7 +336,7 @@ class Supervisor:
         while not self.stopping:
             slot.refetch = False
             try:
-                with anyio.fail_after(SNAPSHOT_TIMEOUT):
+                with anyio.fail_after(self._config.snapshot_timeout):
                     snapshots = await self._source.fetch(list(assets))
                 frames, skipped = snapshot_frames(snapshots, set(assets))
             except (Exception, TimeoutError) as exc:

@@ -16,7 +16,7 @@ from pool._service._synthetic import SyntheticMarket
 from pool.feeds import PolymarketRestSource, RestSourceError, UnknownBookError
 from pool.models import BookEvent, WorkerState, decode_frame
 from tests.integration.clob_server import ClobServer
-from tests.integration.test_supervision import assert_exact, config, owned_by, publish_tracked
+from tests.integration.supervised import assert_exact, config, owned_by, publish_tracked
 from tests.support import ReferenceBooks, ReferenceSource, rest_shape, wait_for
 
 pytestmark = pytest.mark.timeout(60)
