@@ -189,6 +189,12 @@ class WorkerStats(msgspec.Struct, frozen=True, kw_only=True):
 class WorkerStatus(msgspec.Struct, frozen=True, kw_only=True):
     """One worker slot as `PoolStatus.workers` shows it.
 
+    Counters are the slot's, cumulative across its processes: ``errors`` (rejected frames and events,
+    by reason in ``rejections``), ``handler_errors`` (exceptions raised by the user's handler) and
+    ``frames_dropped`` (frames dropped from the slot's buffer while it was recovering, which no handler
+    saw: the books they were for were fetched again or marked stale). ``messages`` is the current
+    process's count of frames taken off the channel.
+
     ``standby_pid`` is the replacement a memory recycle has started, while it exists; ``peak_memory_bytes``
     the highest sample of any of the slot's processes (the figure the cap is held to); ``recycles`` the
     replacements made for memory and ``recycles_by_cause`` the same by `RecycleCause` (``restarts``
@@ -210,6 +216,8 @@ class WorkerStatus(msgspec.Struct, frozen=True, kw_only=True):
     memory_cap_bytes: int | None = None
     memory_ratio: float | None = None
     stale_books: int = 0
+    handler_errors: int = 0
+    frames_dropped: int = 0
     exit_code: int | None = None
     last_exit_reason: ExitReason | None = None
     last_restart_at: float | None = None
@@ -253,7 +261,8 @@ class PoolStatus(msgspec.Struct, frozen=True, kw_only=True):
     """The whole pool at a glance, built from state the parent already holds (no round trip).
 
     ``messages_published`` counts frames accepted by `publish`; ``messages_applied`` counts deliveries
-    applied by workers (a frame whose assets span two workers is delivered, and counted, twice).
+    applied by workers (a frame whose assets span two workers is delivered, and counted, twice), and
+    ``frames_dropped`` deliveries dropped from a recovering worker's buffer instead (see `WorkerStatus`).
     ``frames_rejected`` counts malformed frames and events, whether the parent or a worker caught them
     (each once, over the pool's life, restarts included), and ``rejections`` the same by reason (the keys
     are `models.Rejection` values); ``frames_unroutable`` counts well-formed frames that name no asset
@@ -274,4 +283,5 @@ class PoolStatus(msgspec.Struct, frozen=True, kw_only=True):
     total_books: int
     restarts: int
     rejections: dict[str, int] = {}
+    frames_dropped: int = 0
     feeds: dict[str, FeedStatus] = msgspec.field(default_factory=dict)

@@ -32,7 +32,15 @@ class PoolError(Exception):
 
 
 class PoolClosedError(PoolError):
-    """The pool was shut down by its owner; no further work can be given to it."""
+    """The pool was shut down by its owner; no further work can be given to it.
+
+    ``accepted``: for a `publish` that shutdown cut short, how many of its frames it had accepted (each is
+    applied before the workers stop; the rest were not taken); ``None`` for any other call.
+    """
+
+    def __init__(self, message: str, *, accepted: int | None = None) -> None:
+        super().__init__(message)
+        self.accepted = accepted
 
 
 class PoolTimeoutError(PoolError, TimeoutError):
@@ -73,7 +81,25 @@ class WorkerStartupError(WorkerError):
 
 
 class BrokenWorkerError(WorkerError):
-    """A worker exited (crash, kill or hang) while a call was waiting on it."""
+    """A worker exited (crash, kill or hang) while a call was waiting on it, or has failed for good.
+
+    From `publish`: ``accepted`` is how many of the call's frames were accepted (every frame for a
+    running worker is, the rest of the call included) and ``undelivered`` how many were for failed
+    workers only and were not; both ``None`` for any other call.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        worker_id: int,
+        pid: int | None,
+        accepted: int | None = None,
+        undelivered: int | None = None,
+    ) -> None:
+        super().__init__(message, worker_id=worker_id, pid=pid)
+        self.accepted = accepted
+        self.undelivered = undelivered
 
 
 class RemoteTraceback(Exception):

@@ -195,9 +195,11 @@ class PersistentWorkerPool:
             TypeError: ``data`` is not a frame, an event Struct or an iterable of them.
             PoolTimeoutError: ``timeout`` passed while waiting for room; frames before the one that waited
                 were accepted (the message says how many).
-            BrokenWorkerError: the worker that owns a frame has failed for good (a frame that spans several
-                workers is first given to the others, so their books miss nothing).
-            PoolClosedError: the pool was shut down.
+            BrokenWorkerError: a worker that owns frames of ``data`` has failed for good. Raised at the
+                end: every frame for a running worker is accepted first (a frame that spans several workers
+                is given to the others), and the error says how many were accepted and how many not.
+            PoolClosedError: the pool was shut down; during a long publish, the error's ``accepted`` says
+                how many of its frames were taken (each is applied before the workers stop).
         """
         fast = self._fast_publisher
         if fast is not None and type(data) is bytes and (taken := fast.push_frame(data)):
@@ -212,7 +214,7 @@ class PersistentWorkerPool:
             if isinstance(outcome, Slot) and not wait(lambda: publisher.has_room(outcome), call.deadline):
                 raise publisher.timeout_error(outcome, call)
         if call.given_up is not None:
-            raise call.given_up
+            raise call.given_up_error()
         return None
 
     async def _publish_async(self, publisher: Publisher, call: PublishCall) -> None:
@@ -223,7 +225,7 @@ class PersistentWorkerPool:
             elif isinstance(outcome, Slot) and not await wait(lambda: publisher.has_room(outcome), call.deadline):
                 raise publisher.timeout_error(outcome, call)
         if call.given_up is not None:
-            raise call.given_up
+            raise call.given_up_error()
 
     def flush(self, timeout: float | None = None) -> Any:
         """Wait until every frame published before this call has been applied by its worker.

@@ -13,11 +13,11 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
-from typing import TypeAlias, cast
+from typing import TypeAlias
 
 import msgspec
 
-from pool._exceptions import BrokenWorkerError, PoolTimeoutError
+from pool._exceptions import BrokenWorkerError, PoolClosedError, PoolTimeoutError
 from pool._wire._protocol import MAX_FRAME_BYTES, GetBook, MarkStale
 from pool._wire._routing import Router
 from pool._wire._tally import Tally
@@ -101,8 +101,24 @@ class PublishCall:
         self.frames = _frames_of(data)
         self.deadline = None if timeout is None else time.monotonic() + timeout
         self.accepted = 0
+        self.undelivered = 0  # frames only for slots given up: not accepted
         self.held: bytes | None = None  # a frame taken from `frames` that waits for room
         self.given_up: BrokenWorkerError | None = None  # raised once the rest has been delivered
+
+    def given_up_error(self) -> BrokenWorkerError:
+        """The error a publish raises at its end when a slot it had frames for was given up."""
+        given_up = self.given_up
+        assert given_up is not None
+        error = BrokenWorkerError(
+            f"{given_up}. Of this publish, {self.accepted:,} frames were accepted (every frame for a running "
+            f"worker) and {self.undelivered:,} were for failed workers only and were not",
+            worker_id=given_up.worker_id,
+            pid=given_up.pid,
+            accepted=self.accepted,
+            undelivered=self.undelivered,
+        )
+        error.__cause__ = given_up
+        return error
 
 
 class Publisher:
@@ -158,7 +174,10 @@ class Publisher:
         if len(frame) > MAX_FRAME_BYTES:
             return NOT_TAKEN  # `push` rejects it and says why
         slot = self._slots[self._route[asset_id]]
-        offered = slot.offer(frame, self._limit)
+        try:
+            offered = slot.offer(frame, self._limit)
+        except PoolClosedError as exc:
+            raise PoolClosedError(f"{exc}; the frame was not accepted", accepted=0) from None
         if offered == NO_ROOM:
             return NOT_TAKEN
         if offered == SEND_NOW:
@@ -181,7 +200,7 @@ class Publisher:
         """Queue frames of ``call``: `DONE`, `MORE`, or the slot that is full (wait for room, then call again).
 
         Raises:
-            BrokenWorkerError: the slot that owns a frame has failed for good; frames before it were queued.
+            PoolClosedError: the pool began to shut down; it says how many frames of ``call`` were accepted.
             TypeError: an item is not a frame or an event Struct.
         """
         slots, route, limit, slots_of = self._slots, self._route, self._limit, self._slots_of
@@ -230,8 +249,11 @@ class Publisher:
                             outcome = slot
                             break
                         offered = slot.offer(frame, NO_LIMIT)  # a recovering slot never blocks publish
-                        if offered == NO_ROOM:
-                            raise cast(BrokenWorkerError, slot.broken)  # only a slot given up refuses this
+                        if offered == NO_ROOM:  # only a slot given up refuses this: the rest of the call goes on
+                            call.undelivered += 1
+                            if call.given_up is None:
+                                call.given_up = slot.broken
+                            continue
                     if offered == SEND_NOW:
                         idle.add(slot)
                     elif always_wake:
@@ -266,11 +288,22 @@ class Publisher:
                     for slot, asset_id in books:
                         if slot.broken is None and slot.note_book(asset_id):
                             live.setdefault(slot, []).append(asset_id)
+                    if targets and not queued:  # every worker it was for has failed: not accepted
+                        call.undelivered += 1
+                        call.given_up = call.given_up or next(s.broken for s in targets if s.broken is not None)
+                        continue
                     adjust += 1 - queued
                     if queued < len(targets) and call.given_up is None:
                         # The frame reached its other workers; the caller hears of the failed one at the end.
                         call.given_up = next(slot.broken for slot in targets if slot.broken is not None)
                 accepted += 1
+        except PoolClosedError as exc:  # shutdown began during this call: say how far it got
+            taken = call.accepted + accepted
+            raise PoolClosedError(
+                f"{exc}; {taken:,} of its frames were accepted (each is applied before the workers stop), "
+                "the rest were not",
+                accepted=taken,
+            ) from None
         finally:
             call.accepted += accepted
             with self._lock:

@@ -91,6 +91,7 @@ class Slot:
         self._stale: set[str] = set()
         self._marked_stale: set[str] = set()
         self.refetch = False  # frames were dropped during a snapshot fetch: fetch again
+        self.dropped = 0  # frames dropped from the buffer while recovering, ever (counted in `applied` too)
         # Recycling: ``holding`` sends nothing more to the current process (it is about to be replaced);
         # ``recycling`` makes queries wait for the replacement instead of answering stale.
         self.holding = False
@@ -112,6 +113,7 @@ class Slot:
         self.exit_code: int | None = None
         # The rejections counted by the slot's exited processes: its counters are cumulative across restarts.
         self.retired_errors = 0
+        self.retired_handler_errors = 0
         self.retired_rejections: dict[str, int] = {}
         self.broken: BrokenWorkerError | None = None  # set once the slot is given up (failed or stopped)
         self._work = anyio.Event()
@@ -193,6 +195,7 @@ class Slot:
             self._frames = []
             self._seq_base += dropped
             self.applied += dropped
+            self.dropped += dropped
             self.refetch = True
         return dropped
 
@@ -243,6 +246,7 @@ class Slot:
         if stats is None:
             return
         self.retired_errors += stats.errors
+        self.retired_handler_errors += stats.handler_errors
         add_counts(self.retired_rejections, stats.rejections)
 
     def recycled(self, cause: RecycleCause) -> None:
@@ -371,6 +375,7 @@ class Slot:
         """The process is gone; the supervisor restarts it or gives the slot up."""
         self.state = WorkerState.RECOVERING
         self._running = anyio.Event()
+        self._changes.notify()  # a publish waiting for room may go on: a recovering slot never blocks it
 
     async def wait_running(self) -> None:
         """Return once the slot runs a process again, or has been given up."""

@@ -319,8 +319,10 @@ class Supervisor:
         if not assets:
             return
         self._emit(slot, PoolEventKind.BOOK_STALE, asset_ids=assets, detail="rebuilding from snapshots")
-        frames = await self._fetch(slot, assets) if self._source is not None else {}
+        frames, overrun = await self._fetch(slot, assets) if self._source is not None else ({}, False)
         missing = [asset_id for asset_id in assets if asset_id not in frames]
+        if overrun:  # the books are installed as fetched, but may lack updates dropped during the fetch
+            slot.mark_stale(frames)
         live, marked = slot.end_rebuild(frames)
         # A book a feed marked stale stays stale when rebuilt: the feed may have missed updates since.
         slot.enqueue_first(Rebuild(books=list(frames.values()), stale=missing + marked))
@@ -328,11 +330,25 @@ class Supervisor:
             self._emit(slot, PoolEventKind.BOOK_LIVE, asset_ids=live, detail="rebuilt from snapshots")
         if missing:
             self._resync(slot, missing, "no snapshot; waiting for a `book`")
+        if overrun:
+            self._resync(
+                slot,
+                marked,
+                f"updates were dropped during the snapshot fetch, twice (frames dropped so far: {slot.dropped}): "
+                "the buffer of max_pending_messages fills faster than the source answers; waiting for a `book`",
+            )
 
-    async def _fetch(self, slot: Slot, assets: Sequence[str]) -> dict[str, bytes]:
-        """Fetch snapshots until one attempt succeeds after the last overflow of the slot's buffer."""
+    async def _fetch(self, slot: Slot, assets: Sequence[str]) -> tuple[dict[str, bytes], bool]:
+        """Fetch snapshots until one attempt succeeds, and once more if frames were dropped during it.
+
+        A snapshot covers the updates published before it was asked for, so frames dropped from the full
+        buffer during a fetch need another. If they are dropped during that one too, the source is slower
+        than the buffer fills and fetching again would never end: return the second fetch's books, with
+        True (they are to be marked stale: a live feed's `book` makes them exact again).
+        """
         assert self._source is not None
         attempt = 0
+        refetched = False
         while not self.stopping:
             slot.refetch = False
             try:
@@ -355,9 +371,10 @@ class Supervisor:
                 self._log.warning(
                     "snapshot_rejected", worker_id=slot.worker_id, count=len(skipped), example=skipped[0][:300]
                 )
-            if not slot.refetch:
-                return frames
-        return {}
+            if not slot.refetch or refetched:
+                return frames, slot.refetch
+            refetched = True
+        return {}, False
 
     def _resync(self, slot: Slot, asset_ids: list[str], detail: str) -> None:
         """Report books stale until a `book` arrives, and hand them to ``on_resync`` (a feed resubscribes)."""

@@ -39,6 +39,8 @@ METRIC_NAMES = (
     "worker_pool_messages",
     "worker_pool_updates",
     "worker_pool_errors",
+    "worker_pool_handler_errors",
+    "worker_pool_frames_dropped",
     "worker_pool_rejections",
     "worker_pool_restarts",
     "worker_pool_books",
@@ -77,6 +79,14 @@ class PoolCollector(Collector):
         messages = CounterMetricFamily("worker_pool_messages", "Frames applied by the worker slot.", labels=labels)
         updates = CounterMetricFamily("worker_pool_updates", "Book updates applied (this process).", labels=labels)
         errors = CounterMetricFamily("worker_pool_errors", "Malformed frames and events skipped.", labels=labels)
+        handler_errors = CounterMetricFamily(
+            "worker_pool_handler_errors", "Exceptions raised by the user's handler.", labels=labels
+        )
+        dropped = CounterMetricFamily(
+            "worker_pool_frames_dropped",
+            "Frames dropped from a recovering worker's full buffer (their books were fetched again or marked stale).",
+            labels=labels,
+        )
         rejections = CounterMetricFamily(
             "worker_pool_rejections",
             "Malformed frames and events skipped, by the parent or a worker, by reason.",
@@ -108,6 +118,8 @@ class PoolCollector(Collector):
             label = [str(worker_id)]
             messages.add_metric(label, worker.messages)
             errors.add_metric(label, worker.errors)
+            handler_errors.add_metric(label, worker.handler_errors)
+            dropped.add_metric(label, worker.frames_dropped)
             restarts.add_metric(label, worker.restarts)
             books.add_metric(label, worker.books)
             stale.add_metric(label, worker.stale_books)
@@ -134,7 +146,7 @@ class PoolCollector(Collector):
             value={s.value: s is status.pool_status for s in PoolState},
         )
         yield from (messages, updates, errors, rejections, restarts, books, stale, memory, ratio, peak, cap, recycles)
-        yield from (up, state, apply_time)
+        yield from (up, state, apply_time, handler_errors, dropped)
         yield from _feed_metrics(status)
 
 

@@ -11,10 +11,13 @@ from collections.abc import Sequence
 
 import pytest
 
-from pool import PersistentWorkerPool
+from pool import BrokenWorkerError, PersistentWorkerPool, PoolClosedError
 from pool._service._synthetic import SyntheticMarket
+from pool._wire._routing import slot_for
+from pool.models import WorkerState, decode_frame, event_asset_ids
+from tests.integration import handlers
 from tests.integration.supervised import assert_exact, config, noticed, publish_tracked, running
-from tests.support import ReferenceBooks, ReferenceSource, wait_for
+from tests.support import ReferenceBooks, ReferenceSource, as_decimals, wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -82,3 +85,192 @@ class TestHangingSyncSnapshotSource:
         finally:
             source.release.set()
             pool.shutdown()
+
+
+class TestShutdownDuringPublish:
+    @pytest.mark.parametrize("round_", range(3))
+    def test_every_accepted_frame_is_applied_or_publish_says_how_many_were(self, round_: int) -> None:
+        """Shutdown from one thread while another is inside one long publish: every frame `publish`
+        accepted is applied before the workers stop; if it could not take them all it raises
+        `PoolClosedError` saying how many it accepted (never a normal return with frames left behind)."""
+        market = SyntheticMarket(200, seed=307 + round_)
+        updates = list(market.updates(300_000))
+        pool = PersistentWorkerPool(config(shutdown_timeout=20.0))
+        pool.start()
+        pool.publish(market.snapshots())
+        outcome: list[BaseException | None] = []
+
+        def publish_all() -> None:
+            try:
+                pool.publish(updates)
+            except BaseException as exc:  # what the test is about: which error, and what it says
+                outcome.append(exc)
+            else:
+                outcome.append(None)
+
+        publisher = threading.Thread(target=publish_all)
+        publisher.start()
+        wait_for(lambda: pool.get_status().messages_published > 50_000, what="the publish under way")
+        pool.shutdown()
+        publisher.join(timeout=30)
+        assert not publisher.is_alive() and len(outcome) == 1
+        status = pool.get_status()
+        snapshots = len(market.asset_ids)
+        error = outcome[0]
+        if error is None:
+            assert status.messages_published == snapshots + len(updates)
+        else:
+            assert isinstance(error, PoolClosedError), repr(error)
+            assert error.accepted == status.messages_published - snapshots, (error.accepted, str(error))
+            assert f"{error.accepted:,} of its frames" in str(error)
+        # Nothing left behind: every delivery queued for a worker was applied by it.
+        assert [w.pending for w in status.workers.values()] == [0, 0] and status.frames_dropped == 0, repr(error)
+
+
+class SlowSource:
+    """A sync snapshot source that takes ``delay`` seconds to answer (a slow REST service), then serves
+    the reference's books as they are at that moment."""
+
+    def __init__(self, inner: ReferenceSource, delay: float) -> None:
+        self.inner = inner
+        self.delay = delay
+        self.calls = 0
+
+    def __call__(self, asset_ids: Sequence[str]) -> list[bytes]:
+        self.calls += 1
+        time.sleep(self.delay)
+        return self.inner(asset_ids)
+
+
+def workers_of(frame: bytes, worker_count: int = 2) -> set[int]:
+    return {slot_for(a, worker_count) for event in decode_frame(frame) for a in event_asset_ids(event)}
+
+
+def only_for(frame: bytes, worker_id: int) -> bool:
+    return workers_of(frame) == {worker_id}
+
+
+def deliveries(frames: list[bytes]) -> int:
+    """How many worker deliveries ``frames`` make: one per distinct worker a frame's assets route to."""
+    return sum(len(workers_of(frame)) for frame in frames)
+
+
+class TestRecoveryUnderTraffic:
+    def test_drops_are_counted_apart_and_recovery_converges(self) -> None:
+        """A killed worker's source takes 1 s a fetch while its 300-frame buffer fills in a fraction of
+        that: the slot still comes back during the traffic (one fetch again at most, then its books are
+        marked stale and handed to ``on_resync``), the dropped frames are counted in ``frames_dropped``
+        and not in ``messages_applied``, and a `book` for each resynced asset makes every book exact."""
+        market = SyntheticMarket(100, seed=311)
+        reference = ReferenceBooks()
+        source = SlowSource(ReferenceSource(reference), delay=1.0)
+        resynced: list[str] = []
+        with PersistentWorkerPool(
+            config(max_pending_messages=300), snapshot_source=source, on_resync=resynced.extend
+        ) as pool:
+            published: list[bytes] = []
+            publish_tracked(pool, source.inner, market.snapshots())
+            pool.flush(timeout=10)
+            kill_worker(pool, 0)
+            deadline = time.monotonic() + 20
+            while not running(pool, 0):  # steady traffic, about 10,000 frames/s, until the slot is back
+                assert time.monotonic() < deadline, f"still recovering after {source.calls} fetches"
+                chunk = list(market.updates(100))
+                publish_tracked(pool, source.inner, chunk)
+                published.extend(chunk)
+                time.sleep(0.01)
+            assert source.calls <= 2
+            pool.flush(timeout=10)
+            status = pool.get_status()
+            dropped = status.workers[0].frames_dropped
+            assert dropped > 0 and status.frames_dropped == dropped and status.workers[1].frames_dropped == 0
+            snapshot_deliveries = len(market.asset_ids)
+            assert status.messages_applied + dropped == snapshot_deliveries + deliveries(published)
+            assert resynced and status.workers[0].stale_books == len(set(resynced))
+            publish_tracked(pool, source.inner, [reference.snapshot(a) for a in sorted(set(resynced))])
+            pool.flush(timeout=10)
+            assert pool.get_status().workers[0].stale_books == 0
+            assert_exact(pool, reference, market.asset_ids)
+
+    def test_a_publish_waiting_for_room_goes_on_when_its_worker_dies(self) -> None:
+        """A publish blocked on a stopped worker's full queue returns once that worker is killed, while
+        the slot is still recovering: a recovering slot never blocks publish."""
+        market = SyntheticMarket(60, seed=313)
+        gate = threading.Event()  # the source fails until set: the slot stays recovering
+        source = ReferenceSource(ReferenceBooks(), gate=gate)
+        with PersistentWorkerPool(
+            config(max_pending_messages=200, heartbeat_interval=5.0), snapshot_source=source
+        ) as pool:
+            publish_tracked(pool, source, market.snapshots())
+            pool.flush(timeout=10)
+            pid = pool.get_status().workers[0].pid
+            assert pid is not None
+            os.kill(pid, signal.SIGSTOP)
+            frames = [f for f in market.updates(3_000) if only_for(f, 0)]
+            done = threading.Event()
+
+            def publish_then_say_so() -> None:
+                pool.publish(frames)
+                done.set()
+
+            publisher = threading.Thread(target=publish_then_say_so)
+            publisher.start()
+            wait_for(lambda: pool.get_status().workers[0].pending >= 200, what="the publish to wait for room")
+            assert not done.is_set()
+            os.kill(pid, signal.SIGKILL)
+            assert done.wait(timeout=10), "publish still waiting after its worker died"
+            assert pool.get_status().workers[0].status is WorkerState.RECOVERING
+            publisher.join(timeout=10)
+            gate.set()
+            wait_for(lambda: running(pool, 0), timeout=20, what="worker 0 back")
+
+
+class TestCountersAcrossRestarts:
+    def test_rejections_and_handler_errors_outlive_the_process_that_counted_them(self) -> None:
+        """`frames_rejected`, a worker's ``errors`` and ``handler_errors`` are the slot's: a restart keeps
+        them (the CLI's exit code is based on them)."""
+        market = SyntheticMarket(40, seed=317)
+        with PersistentWorkerPool(config(), handler_factory=handlers.failing_handler) as pool:
+            pool.publish(market.snapshots())
+            mine = [a for a in market.asset_ids if slot_for(a, 2) == 0]
+            bad = [
+                b'{"event_type":"price_change","asset_id":"%s","price":"2.5","side":"BUY","size":"1"}' % a.encode()
+                for a in mine[:5]
+            ]
+            pool.publish(bad + list(market.updates(500)))
+            pool.flush(timeout=10)
+            before = pool.get_status()
+            worker = before.workers[0]
+            assert worker.errors == 5 and before.frames_rejected == 5 and worker.handler_errors > 0
+            kill_worker(pool, 0)
+            wait_for(lambda: running(pool, 0), timeout=20, what="worker 0 back")
+            after = pool.get_status()
+            assert after.workers[0].errors == 5 and after.frames_rejected == 5
+            assert after.workers[0].handler_errors == worker.handler_errors
+            assert after.workers[0].rejections == worker.rejections
+
+    def test_a_publish_with_frames_for_a_failed_worker_delivers_the_rest_and_says_how_many(self) -> None:
+        """Worker 0 has failed for good: a publish with frames for both workers gives every frame for
+        worker 1 to it, then raises `BrokenWorkerError` saying how many were accepted and how many not."""
+        market = SyntheticMarket(60, seed=319)
+        reference = ReferenceBooks()
+        with PersistentWorkerPool(config(max_restarts=0)) as pool:
+            snapshots = market.snapshots()
+            reference.apply_frames(snapshots)
+            pool.publish(snapshots)
+            pool.flush(timeout=10)
+            kill_worker(pool, 0)
+            wait_for(lambda: pool.get_status().workers[0].status is WorkerState.FAILED, what="worker 0 failed")
+            frames = list(market.updates(2_000))
+            reference.apply_frames(frames)
+            with pytest.raises(BrokenWorkerError) as caught:
+                pool.publish(frames)
+            only_0 = sum(only_for(f, 0) for f in frames)
+            assert (caught.value.accepted, caught.value.undelivered) == (len(frames) - only_0, only_0)
+            assert f"{only_0:,} were for failed workers only" in str(caught.value)
+            pool.flush(
+                timeout=10,
+            )
+            for asset_id in [a for a in market.asset_ids if slot_for(a, 2) == 1]:
+                view = pool.get_book(asset_id)
+                assert (as_decimals(view.bids), as_decimals(view.asks)) == reference.levels(asset_id)
