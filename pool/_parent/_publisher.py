@@ -288,14 +288,13 @@ class Publisher:
                     for slot, asset_id in books:
                         if slot.broken is None and slot.note_book(asset_id):
                             live.setdefault(slot, []).append(asset_id)
-                    if targets and not queued:  # every worker it was for has failed: not accepted
-                        call.undelivered += 1
-                        call.given_up = call.given_up or next(s.broken for s in targets if s.broken is not None)
-                        continue
-                    adjust += 1 - queued
                     if queued < len(targets) and call.given_up is None:
                         # The frame reached its other workers; the caller hears of the failed one at the end.
                         call.given_up = next(slot.broken for slot in targets if slot.broken is not None)
+                    if targets and not queued:  # every worker it was for has failed: not accepted
+                        call.undelivered += 1
+                        continue
+                    adjust += 1 - queued
                 accepted += 1
         except PoolClosedError as exc:  # shutdown began during this call: say how far it got
             taken = call.accepted + accepted
