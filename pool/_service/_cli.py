@@ -16,6 +16,7 @@ be reached); 2 bad usage or configuration (the message names the key, the value 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import contextlib
 import importlib.util
 import logging
@@ -51,6 +52,7 @@ EXIT_USAGE = 2
 # enough to keep the offered rate smooth.
 _CHUNK = 500
 _LEVELS = ("debug", "info", "warning", "error")
+_READ_TIMEOUT = 2.0  # seconds /metrics and /health wait for the pool's loop before answering 503
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -381,9 +383,19 @@ def _metrics_server(
         return
     from ._metrics import MetricsServer  # the `metrics` extra is needed only here
 
+    async def snapshot() -> tuple[PoolStatus, dict[int, WorkerStats]]:
+        return pool.get_status(), pool.get_stats()
+
     def read() -> tuple[PoolStatus, dict[int, WorkerStats]]:
-        # On the server's thread: the pool is read on its own event loop, never halfway through a change.
-        return portal.call(lambda: (pool.get_status(), pool.get_stats()))
+        # On a connection's thread: the pool is read on its own event loop, never halfway through a change,
+        # and never waited for without a bound (a loop busy stopping answers late or not at all: 503).
+        future = portal.start_task_soon(snapshot)
+        try:
+            return future.result(timeout=_READ_TIMEOUT)
+        except concurrent.futures.CancelledError:
+            raise RuntimeError("the pool's event loop stopped before it answered") from None
+        finally:
+            future.cancel()
 
     try:
         server = MetricsServer(read, args.metrics_host, args.metrics_port)

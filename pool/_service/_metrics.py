@@ -2,9 +2,12 @@
 
 Metrics are read from the pool at scrape time by a custom collector, not pushed on every message: the
 parent already keeps every figure (`get_status` costs about 11 us), so a scrape costs one status read
-and the hot path nothing. The HTTP server runs on a thread (the standard library's WSGI server with
-prometheus-client's exposition); it reads the pool through the event loop that owns it, so it never sees
-a half-updated status.
+and the hot path nothing. The HTTP server is the standard library's WSGI server (prometheus-client's
+exposition) with a thread per connection, so one slow or stalled client never holds up a liveness
+probe; every connection has an idle timeout (`IDLE_TIMEOUT`), and the server never waits for a handler
+to stop, so a client still connected cannot hold up the pool's shutdown. It reads the pool through the
+event loop that owns it, with a bound, so it never sees a half-updated status and answers 503 when the
+loop cannot answer in time.
 
 Counters come from the workers' own stats, so they restart from zero when a worker process is replaced,
 as a restarted process's counters do; Prometheus's ``rate()`` and ``increase()`` handle such resets.
@@ -12,6 +15,7 @@ as a restarted process's counters do; Prometheus's ``rate()`` and ``increase()``
 
 from __future__ import annotations
 
+import socketserver
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, get_args
@@ -30,9 +34,12 @@ from prometheus_client.registry import Collector
 
 from pool.models import BATCH_SECONDS_BOUNDS, PoolState, PoolStatus, RecycleCause, Rejection, WorkerState, WorkerStats
 
-__all__ = ["FEED_METRIC_NAMES", "METRIC_NAMES", "MetricsServer", "PoolCollector"]
+__all__ = ["FEED_METRIC_NAMES", "IDLE_TIMEOUT", "METRIC_NAMES", "MetricsServer", "PoolCollector"]
 
 Snapshot = tuple[PoolStatus, dict[int, WorkerStats]]
+
+# Seconds a connection may send nothing (halfway through a request or between two) before it is closed.
+IDLE_TIMEOUT = 5.0
 
 # Every metric family this module exposes (counters get ``_total`` on the wire).
 METRIC_NAMES = (
@@ -181,8 +188,17 @@ def _cumulative(counts: Iterable[int]) -> list[tuple[str, float]]:
 
 
 class _QuietHandler(WSGIRequestHandler):
+    timeout = IDLE_TIMEOUT  # `StreamRequestHandler` sets it on the socket: a stalled read raises, the thread ends
+
     def log_message(self, format: str, *args: Any) -> None:
         """Requests are not logged: a scrape every few seconds would drown the pool's own lines."""
+
+
+class _ThreadingServer(socketserver.ThreadingMixIn, WSGIServer):
+    """A thread per connection, none of them waited for: `shutdown` returns once the accept loop has."""
+
+    daemon_threads = True
+    block_on_close = False
 
 
 class MetricsServer:
@@ -190,8 +206,10 @@ class MetricsServer:
     running, 503 when it is degraded, stopping or unreachable) on ``host:port``, served from a thread.
 
     Args:
-        read: returns the pool's status and stats; it is called on the server's thread, so it must be
-            safe there (the CLI passes one that runs ``get_status`` on the pool's event loop).
+        read: returns the pool's status and stats; it is called on a connection's thread, so it must be
+            safe there and bounded (the CLI passes one that runs ``get_status`` on the pool's event loop
+            and gives up after a few seconds). ``RuntimeError`` or ``TimeoutError`` from it is answered
+            with 503 ``unreachable``.
         port: 0 picks a free port; `port` then tells which.
     """
 
@@ -200,7 +218,9 @@ class MetricsServer:
         registry = CollectorRegistry(auto_describe=False)
         registry.register(PoolCollector(read))
         self._metrics_app = make_wsgi_app(registry)
-        self._server: WSGIServer = make_server(host, port, self._app, handler_class=_QuietHandler)
+        self._server: WSGIServer = make_server(
+            host, port, self._app, server_class=_ThreadingServer, handler_class=_QuietHandler
+        )
         self._thread = threading.Thread(target=self._server.serve_forever, name="pool-metrics", daemon=True)
 
     @property
@@ -218,17 +238,17 @@ class MetricsServer:
 
     def _app(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
-        if path == "/metrics":
-            return self._metrics_app(environ, start_response)  # type: ignore[no-any-return]
-        if path == "/health":
-            try:
-                status, _ = self._read()
-            except RuntimeError as exc:  # the pool's event loop is gone: it is stopping
-                body = msgspec.json.encode({"pool_status": "unreachable", "error": str(exc)})
-                start_response("503 Service Unavailable", [("Content-Type", "application/json")])
-                return [body]
-            healthy = status.pool_status is PoolState.RUNNING
-            start_response("200 OK" if healthy else "503 Service Unavailable", [("Content-Type", "application/json")])
-            return [msgspec.json.encode(status)]
-        start_response("404 Not Found", [("Content-Type", "text/plain")])
-        return [b"not found: try /metrics or /health\n"]
+        if path not in ("/metrics", "/health"):
+            start_response("404 Not Found", [("Content-Type", "text/plain")])
+            return [b"not found: try /metrics or /health\n"]
+        try:
+            if path == "/metrics":
+                return list(self._metrics_app(environ, start_response))
+            status, _ = self._read()
+        except (RuntimeError, TimeoutError) as exc:  # the pool's loop is gone (stopping) or did not answer
+            body = msgspec.json.encode({"pool_status": "unreachable", "error": str(exc) or type(exc).__name__})
+            start_response("503 Service Unavailable", [("Content-Type", "application/json")])
+            return [body]
+        healthy = status.pool_status is PoolState.RUNNING
+        start_response("200 OK" if healthy else "503 Service Unavailable", [("Content-Type", "application/json")])
+        return [msgspec.json.encode(status)]

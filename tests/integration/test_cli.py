@@ -23,7 +23,7 @@ from typing import Any
 import psutil
 import pytest
 
-from pool._service._metrics import FEED_METRIC_NAMES, METRIC_NAMES
+from pool._service._metrics import FEED_METRIC_NAMES, IDLE_TIMEOUT, METRIC_NAMES
 from pool._service._synthetic import SyntheticMarket
 from tests.integration.clob_server import ClobServer
 from tests.integration.market_server import MarketServer
@@ -459,3 +459,33 @@ def test_the_polymarket_source_runs_on_local_servers(tmp_path: Path, start_cli: 
     assert status["total_books"] == len(market.asset_ids)
     assert status["feeds"] == {}  # the feed detached when the run stopped
     assert status["messages_published"] >= server.sent
+
+
+@pytest.mark.timeout(60)
+def test_a_client_stalled_halfway_through_a_request_blocks_neither_health_nor_shutdown(
+    start_cli: Callable[..., Cli],
+) -> None:
+    """One client sends half a header and goes quiet: others are still answered, the stalled connection is
+    closed after the idle timeout, and SIGTERM while another stalled client is connected still ends the run
+    within its shutdown timeout."""
+    run = start_cli("run", "--workers", "2", "--metrics-port", "0", *QUICK, env={"WORKER_POOL_SHUTDOWN_TIMEOUT": "5"})
+    port = run.wait_for_event("run_started")["metrics_port"]
+    half = b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n"  # no blank line: the server waits for more
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as stalled:
+        stalled.sendall(half)
+        started = time.monotonic()
+        code, _ = http_get(f"http://127.0.0.1:{port}/health")
+        assert code == 200 and time.monotonic() - started < 2.0
+        assert scrape(port)['worker_pool_state{worker_pool_state="running"}'] == 1.0
+        assert stalled.recv(1024) == b""  # closed by the server, with nothing sent back
+        assert time.monotonic() - started < IDLE_TIMEOUT + 2.0
+
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as stalled:
+        stalled.sendall(half)
+        wait_for(lambda: http_get(f"http://127.0.0.1:{port}/health")[0] == 200, timeout=5, what="/health")
+        stopping = time.monotonic()
+        run.process.send_signal(signal.SIGTERM)
+        code, stdout = run.finish(timeout=5 + 10)
+        assert time.monotonic() - stopping < 5 + 2.0
+    assert code == 0
+    assert_gone(worker_pids(json.loads(stdout)))
