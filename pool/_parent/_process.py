@@ -1,6 +1,6 @@
 """One worker process (an *incarnation* of a slot): start, handshake, serve its channel, watch it, end it.
 
-`Launcher.start` starts the process through the pool's own entry point (`pool._worker.main`, never the
+`Launcher.start` starts the process through the pool's own bootstrap script (`pool._worker._bootstrap`, never the
 user's ``__main__``) with one end of a socket pair, sends it `Boot`, and waits for its ready handshake
 under ``worker_startup_timeout``. Once the process serves its slot, three tasks run for it, in a task
 group of its own:
@@ -65,10 +65,8 @@ __all__ = ["TERMINATE_GRACE", "Launcher", "WorkerProcess", "describe_exit", "exp
 # ignored a graceful Stop for the whole shutdown_timeout.
 TERMINATE_GRACE = 0.5
 
-# The directory our `pool` package is imported from: put first on the worker's path for its first import,
-# so a user's own `pool.py` in the working directory cannot stand in for it.
-_IMPORT_ROOT = str(Path(pool._worker.__file__).resolve().parents[2])
-_ENTRY = pool._worker.main
+# The worker's first code, run as a script so that it ties the worker to its parent before importing anything.
+_BOOTSTRAP = str(Path(pool._worker.__file__).resolve().with_name("_bootstrap.py"))
 
 
 @dataclass(eq=False)
@@ -91,12 +89,8 @@ class Launcher:
         self._log = log
         self._emit = emit
         self.live: set[WorkerProcess] = set()  # started and not yet reaped: the pool reaps these at its end
-        code = (
-            f"import sys; sys.path.insert(0, {_IMPORT_ROOT!r}); "
-            f"from {_ENTRY.__module__} import {_ENTRY.__name__}; {_ENTRY.__name__}()"
-        )
         # The parent's interpreter flags (-X, -W, -O...), as multiprocessing passes them to its children.
-        self._command = [sys.executable, *subprocess._args_from_interpreter_flags(), "-c", code]  # type: ignore[attr-defined]
+        self._command = [sys.executable, *subprocess._args_from_interpreter_flags(), _BOOTSTRAP]  # type: ignore[attr-defined]
 
     def spawn(self, worker_id: int) -> WorkerProcess:
         """Start a worker process for slot ``worker_id``; it then boots on its own (`WorkerProcess.handshake`).

@@ -1,4 +1,4 @@
-"""The worker process's entry point: the pool starts every worker as ``python -c <our code> FD PARENT_PID``.
+"""The worker process's entry point, which `pool._worker._bootstrap` calls once the worker is tied to its parent.
 
 Starting through our own entry point, not ``multiprocessing``'s, is what lets the pool run wherever Python
 runs: the worker never imports the user's ``__main__`` (so a script without a main guard is not run again,
@@ -7,12 +7,11 @@ and ``python -c``, standard input, IPython and notebooks work), and it is an ord
 one defined in ``__main__`` was pickled by value, so nothing needs importing to rebuild it.
 
 The parent owns shutdown: the worker ignores SIGINT (a Ctrl-C reaches the whole process group) and exits
-on `Stop`, on the channel's EOF, or with its parent (``PR_SET_PDEATHSIG`` on Linux).
+on `Stop`, on the channel's EOF, or with its parent (``PR_SET_PDEATHSIG`` on Linux, set by the bootstrap).
 """
 
 from __future__ import annotations
 
-import ctypes
 import os
 import pickle
 import resource
@@ -32,14 +31,11 @@ from ._loop import WorkerLoop
 
 __all__ = ["main"]
 
-_PR_SET_PDEATHSIG = 1
-
 
 def main() -> None:
-    """Run one worker: ``sys.argv`` is ``[-c, FD, PARENT_PID]``, the channel's descriptor and the parent's pid."""
-    fd, parent_pid = int(sys.argv[1]), int(sys.argv[2])
+    """Run one worker: ``sys.argv`` is ``[SCRIPT, FD, PARENT_PID]``; FD is the channel's descriptor."""
+    fd = int(sys.argv[1])
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _die_with(parent_pid)
     # Our end of the channel must not leak into processes a handler starts: a child that held it would
     # keep the channel open after this worker died.
     os.set_inheritable(fd, False)
@@ -68,16 +64,3 @@ def main() -> None:
         raise SystemExit(1) from None
     conn.send_bytes(encoder.encode(Ready(os.getpid())))
     loop.run()
-
-
-def _die_with(parent_pid: int) -> None:
-    """Ask Linux to SIGKILL this process when its parent dies, so a killed parent leaves no orphan."""
-    if sys.platform != "linux":
-        return
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    except (OSError, AttributeError):  # pragma: no cover - exotic libc; the channel's EOF still ends us
-        return
-    if os.getppid() != parent_pid:  # the parent died before prctl took effect
-        os._exit(1)

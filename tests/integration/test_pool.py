@@ -475,6 +475,24 @@ class TestNoOrphans:
                 parent.wait(timeout=10)
         wait_for(lambda: not any(_alive(pid) for pid in pids), timeout=2.0, what="orphaned workers to exit")
 
+    def test_a_worker_whose_parent_died_as_it_started_exits_before_importing_the_pool(self) -> None:
+        """A replacement started as its parent is SIGKILLed must outlive it by no more than the interpreter's
+        own start-up: run with the pid of a parent that is gone, a worker's command line exits with status 1
+        before importing anything of the pool (the import alone takes ~0.1 s, and over 1 s under load)."""
+        with PersistentWorkerPool(config(worker_count=1)) as pool:
+            command = psutil.Process(pool.get_status().workers[0].pid).cmdline()
+        gone = subprocess.Popen(["true"])
+        gone.wait()
+        assert command[-1] == str(os.getpid())
+        command[-1] = str(gone.pid)  # a parent that has exited, and is not this worker's parent anyway
+        done = subprocess.run(
+            command, env={**os.environ, "PYTHONPROFILEIMPORTTIME": "1"}, capture_output=True, text=True, timeout=30
+        )
+        imported = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if line.startswith("import")}
+        assert done.returncode == 1, done.stderr
+        assert "ctypes" in imported  # it did get as far as asking for the parent-death signal
+        assert not {module for module in imported if module.split(".")[0] == "pool"}, sorted(imported)
+
     def test_workers_outlive_the_thread_that_started_the_pool(self) -> None:
         """Workers die with their parent *thread* under PR_SET_PDEATHSIG; a pool entered from a short-lived
         thread must still keep its workers once that thread has exited."""
