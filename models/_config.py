@@ -118,3 +118,10 @@ class PoolConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     def effective_heartbeat_timeout(self) -> float:
         """``heartbeat_timeout``, or three heartbeat intervals when it is unset."""
         return self.heartbeat_timeout if self.heartbeat_timeout is not None else 3 * self.heartbeat_interval
+
+    @property
+    def unresponsive_after(self) -> float:
+        """Silence after which a running worker is reported unresponsive (``WorkerStatus.responsive``): two
+        heartbeat intervals, since a worker that can serve reads reports at least once an interval, or the
+        heartbeat timeout if that is shorter."""
+        return min(2 * self.heartbeat_interval, self.effective_heartbeat_timeout)

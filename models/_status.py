@@ -77,6 +77,7 @@ class PoolEventKind(enum.StrEnum):
     BOOK_STALE = "book_stale"
     BOOK_LIVE = "book_live"
     MEMORY_BREACH = "memory_breach"  # a worker stayed over its cap after giving memory back; detail: action
+    FRAME_QUARANTINED = "frame_quarantined"  # a frame hung two workers: skipped; asset_ids: its books, now stale
 
 
 class PoolEvent(msgspec.Struct, frozen=True, kw_only=True):
@@ -192,8 +193,11 @@ class WorkerStatus(msgspec.Struct, frozen=True, kw_only=True):
     Counters are the slot's, cumulative across its processes: ``errors`` (rejected frames and events,
     by reason in ``rejections``), ``handler_errors`` (exceptions raised by the user's handler) and
     ``frames_dropped`` (frames dropped from the slot's buffer while it was recovering, which no handler
-    saw: the books they were for were fetched again or marked stale). ``messages`` is the current
-    process's count of frames taken off the channel.
+    saw: the books they were for were fetched again or marked stale) and ``frames_quarantined`` (frames
+    skipped for good because each hung two of the slot's processes in turn). ``messages`` is the current
+    process's count of frames taken off the channel. ``responsive`` is true while the slot is ``running``
+    and its process has reported within `PoolConfig.unresponsive_after` (two heartbeat intervals): false,
+    the slot cannot serve reads now (a hung worker, before the health loop kills it).
 
     ``standby_pid`` is the replacement a memory recycle has started, while it exists; ``peak_memory_bytes``
     the highest sample of any of the slot's processes (the figure the cap is held to); ``recycles`` the
@@ -204,6 +208,7 @@ class WorkerStatus(msgspec.Struct, frozen=True, kw_only=True):
 
     worker_id: int
     status: WorkerState
+    responsive: bool = False
     pid: int | None
     books: int
     messages: int
@@ -218,6 +223,7 @@ class WorkerStatus(msgspec.Struct, frozen=True, kw_only=True):
     stale_books: int = 0
     handler_errors: int = 0
     frames_dropped: int = 0
+    frames_quarantined: int = 0
     exit_code: int | None = None
     last_exit_reason: ExitReason | None = None
     last_restart_at: float | None = None
@@ -262,7 +268,8 @@ class PoolStatus(msgspec.Struct, frozen=True, kw_only=True):
 
     ``messages_published`` counts frames accepted by `publish`; ``messages_applied`` counts deliveries
     applied by workers (a frame whose assets span two workers is delivered, and counted, twice), and
-    ``frames_dropped`` deliveries dropped from a recovering worker's buffer instead (see `WorkerStatus`).
+    ``frames_dropped`` deliveries dropped from a recovering worker's buffer instead, and
+    ``frames_quarantined`` deliveries skipped because they hung two workers (see `WorkerStatus`).
     ``frames_rejected`` counts malformed frames and events, whether the parent or a worker caught them
     (each once, over the pool's life, restarts included), and ``rejections`` the same by reason (the keys
     are `models.Rejection` values); ``frames_unroutable`` counts well-formed frames that name no asset
@@ -284,4 +291,5 @@ class PoolStatus(msgspec.Struct, frozen=True, kw_only=True):
     restarts: int
     rejections: dict[str, int] = {}
     frames_dropped: int = 0
+    frames_quarantined: int = 0
     feeds: dict[str, FeedStatus] = msgspec.field(default_factory=dict)

@@ -25,6 +25,7 @@ _LEVELS = {
     PoolEventKind.WORKER_FAILED: "error",
     PoolEventKind.BOOK_STALE: "warning",
     PoolEventKind.MEMORY_BREACH: "warning",
+    PoolEventKind.FRAME_QUARANTINED: "error",
 }
 
 # Book events come one per `book` frame when a feed's books go live again: hundreds in a second after a

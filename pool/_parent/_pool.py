@@ -36,7 +36,7 @@ from ._factories import HandlerFactory, prepare_factory
 from ._publisher import DONE, MORE, TAKEN, Publishable, PublishCall, Publisher
 from ._slot import Reply, Slot
 from ._snapshots import SnapshotSource, as_snapshot_source
-from ._status import alive_count, build_status
+from ._status import alive_count, build_status, is_responsive
 from ._supervisor import ResyncCallback
 from ._thread import LoopThread
 
@@ -350,6 +350,7 @@ class PersistentWorkerPool:
             unroutable=publisher.unroutable if publisher else 0,
             rate=core.rate.rate(),
             feeds=self._feeds,
+            unresponsive_after=self.config.unresponsive_after,
         )
 
     def get_stats(self) -> dict[int, WorkerStats]:
@@ -361,9 +362,10 @@ class PersistentWorkerPool:
         }
 
     def is_healthy(self) -> bool:
-        """True when the pool is running and every worker is running."""
+        """True when the pool is running and every worker is running and responsive (`WorkerStatus.responsive`)."""
+        now, limit = time.monotonic(), self.config.unresponsive_after
         slots = self._core.slots
-        return self._core.state is PoolState.RUNNING and all(slot.state is WorkerState.RUNNING for slot in slots)
+        return self._core.state is PoolState.RUNNING and all(is_responsive(slot, now, limit) for slot in slots)
 
     def get_alive_count(self) -> int:
         """How many worker processes are alive."""

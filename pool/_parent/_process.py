@@ -36,6 +36,7 @@ import pool._worker
 from pool._exceptions import RemoteTraceback, WorkerStartupError
 from pool._wire._protocol import (
     HEADER_SIZE,
+    Applying,
     Batch,
     BookDump,
     BookReply,
@@ -167,6 +168,11 @@ class WorkerProcess:
         self.exit_code: int | None = None
         self.exit_reason: ExitReason | None = None
         self.acked = 0  # frames this process has applied
+        # Frames (its first ``careful_until``) to send as careful batches: a process before it hung with them
+        # in flight. ``applying`` is the frame (counted from 0) it last said it was starting on.
+        self.careful_until = 0
+        self.applying: int | None = None
+        self.unfinished_frames = 0  # once it has exited: the frames it was sent and had not applied
         # Frames sent, and what was sent and not yet finished, in wire order: both change only together with
         # a write, under the channel's lock, whichever thread sends (`send_queued`).
         self._sent_seq = 0
@@ -279,8 +285,10 @@ class WorkerProcess:
                 frames, control = item
                 outgoing = []
                 for chunk in split_batches(frames):
+                    # Careful (only after a hang) if it begins among the suspects: a few more do no harm.
+                    careful = self._sent_seq < self.careful_until
                     self._sent_seq += len(chunk)
-                    outgoing.append(_Sent(Batch(chunk), self._sent_seq))
+                    outgoing.append(_Sent(Batch(chunk, careful), self._sent_seq))
                 if control is not None:
                     outgoing.append(_Sent(control))
                 self._inflight.extend(outgoing)
@@ -326,6 +334,8 @@ class WorkerProcess:
                     case BookDump(request_id, books):
                         slot.answer(request_id, None, books)
                         self._trim_inflight(slot)
+                    case Applying(seq):
+                        self.applying = seq
                     case Ready() | Fatal():
                         self._log.warning("worker_unexpected_message", message=type(message).__name__)
         except (anyio.EndOfStream, anyio.ClosedResourceError):
@@ -357,6 +367,7 @@ class WorkerProcess:
         with self._channel.lock:  # no thread sends to it from here on
             self._ended = True
             unfinished = self._unfinished()
+        self.unfinished_frames = sum(len(frames) for frames, _ in unfinished)
         self.exit_reason = self._kill_reason or _classify(self.exit_code)
         slot.requeue(unfinished, self.acked)
         on_exit(self)
@@ -396,6 +407,13 @@ class WorkerProcess:
                     pass
         self._inflight.clear()
         return items
+
+    def hung_on(self) -> int | None:
+        """The frame (counted from 0) it had said it was starting on and never finished, if any: once it
+        has exited, the one it hung or died on. Only careful batches say; ``None`` otherwise."""
+        if self.applying is not None and self.applying >= self.acked:
+            return self.applying
+        return None
 
     def kill(self, reason: ExitReason) -> None:
         """SIGKILL the process; the watcher records the exit with ``reason`` (hang, operator, memory...)."""

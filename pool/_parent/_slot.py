@@ -44,6 +44,8 @@ SEND_NOW = 1  # queued, and so few frames are in flight that the caller should s
 _SEND_NOW_BELOW = 8
 NO_ROOM = 2
 NO_LIMIT = sys.maxsize
+# What a quarantined frame is replaced with: a frame of no events, which a worker applies as nothing.
+_QUARANTINED_FRAME = b"[]"
 
 # What the writer sends next: frames (in publish order), then optionally one control message.
 QueueItem = tuple[list[bytes], ToWorker | None]
@@ -90,6 +92,12 @@ class Slot:
         self._latest_book: dict[str, int] = {}
         self._stale: set[str] = set()
         self._marked_stale: set[str] = set()
+        # Poison frames (by index in the slot's frames ever published): the frames a hang left in flight, the
+        # frame a careful process last hung on, and the end of the frames to send carefully (`careful_frames`).
+        self._suspects = range(0)
+        self._hung_on: int | None = None
+        self._careful_end = 0
+        self.quarantined = 0  # frames skipped for good, each after a second hang on it
         self.refetch = False  # frames were dropped during a snapshot fetch: fetch again
         self.dropped = 0  # frames dropped from the buffer while recovering, ever (counted in `applied` too)
         # Recycling: ``holding`` sends nothing more to the current process (it is about to be replaced);
@@ -343,6 +351,41 @@ class Slot:
                     kept.append((frames, control))
             self._queue.extendleft(reversed(kept))
         self._changes.notify()
+
+    def careful_frames(self) -> int:
+        """How many of the frames a new process is sent first must go carefully (`WorkerProcess.careful_until`)."""
+        return max(0, self._careful_end - self._seq_base)
+
+    def note_hang(self, offset: int | None, unfinished: int) -> bytes | None:
+        """A process hung and was killed; call after `requeue`, before `recovering` (from then on publish may
+        drop the queue). Return the frame it quarantined, if any.
+
+        ``offset`` is where, among the ``unfinished`` frames requeued, is the one it said it was applying
+        (`WorkerProcess.hung_on`), or ``None`` if it did not say. A hang that does not say makes every frame
+        it left unfinished a suspect, sent carefully to the replacement; a frame that a careful process then
+        hangs on, and that was a suspect or hung a careful process before, has hung two processes: it is
+        replaced in the queue by an empty frame, which keeps the slot's count of frames.
+        """
+        with self._lock:
+            first = self._seq_base  # the index of the first frame requeued
+            if offset is None:
+                if unfinished:
+                    self._suspects = range(first, first + unfinished)
+                    self._careful_end = max(self._careful_end, first + unfinished)
+                return None
+            index = first + offset
+            if index not in self._suspects and index != self._hung_on:
+                self._hung_on = index
+                self._careful_end = max(self._careful_end, index + 1)  # so the next process says so again
+                return None
+            self._suspects, self._hung_on = range(0), None
+            for frames in (*(frames for frames, _ in self._queue), self._frames):
+                if offset < len(frames):
+                    self.quarantined += 1
+                    poison, frames[offset] = frames[offset], _QUARANTINED_FRAME
+                    return poison
+                offset -= len(frames)
+            return None  # not queued any more (cannot happen while the slot is still `running`)
 
     def progressed(self, applied_by_process: int) -> None:
         """The current process has applied ``applied_by_process`` frames in all."""

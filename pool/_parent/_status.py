@@ -18,7 +18,7 @@ from pool.monitors import MemoryInfo
 
 from ._slot import Slot, add_counts
 
-__all__ = ["RateMeter", "build_status", "worker_status"]
+__all__ = ["RateMeter", "build_status", "is_responsive", "worker_status"]
 
 # Throughput in get_status() is averaged over this many samples (memory_check_interval apart).
 _RATE_WINDOW_SAMPLES = 5
@@ -47,7 +47,13 @@ def alive_count(slots: Sequence[Slot]) -> int:
     return sum(1 for slot in slots if slot.state in _ALIVE)
 
 
-def worker_status(slot: Slot, now: float, memory: MemoryInfo | None) -> WorkerStatus:
+def is_responsive(slot: Slot, now: float, unresponsive_after: float) -> bool:
+    """The slot runs a process that has reported within ``unresponsive_after`` seconds: it can serve reads."""
+    process = slot.process
+    return slot.state is WorkerState.RUNNING and process is not None and now - process.last_heard <= unresponsive_after
+
+
+def worker_status(slot: Slot, now: float, memory: MemoryInfo | None, unresponsive_after: float) -> WorkerStatus:
     """One slot as `PoolStatus.workers` shows it."""
     process = slot.process
     stats = process.stats if process is not None else None
@@ -61,6 +67,7 @@ def worker_status(slot: Slot, now: float, memory: MemoryInfo | None) -> WorkerSt
     return WorkerStatus(
         worker_id=slot.worker_id,
         status=slot.state,
+        responsive=is_responsive(slot, now, unresponsive_after),
         pid=pid,
         books=stats.orderbook_count if stats else 0,
         messages=stats.messages_processed if stats else 0,
@@ -74,6 +81,7 @@ def worker_status(slot: Slot, now: float, memory: MemoryInfo | None) -> WorkerSt
         restarts=slot.restarts,
         handler_errors=slot.retired_handler_errors + (stats.handler_errors if stats else 0),
         frames_dropped=slot.dropped,
+        frames_quarantined=slot.quarantined,
         stale_books=slot.book_count if unavailable else slot.stale_count or (stats.stale_books if stats else 0),
         exit_code=slot.exit_code,
         last_exit_reason=slot.last_exit_reason,
@@ -100,11 +108,14 @@ def build_status(
     unroutable: int,
     rate: float,
     feeds: Mapping[str, Callable[[], FeedStatus]],
+    unresponsive_after: float,
 ) -> PoolStatus:
     now = time.monotonic()
-    workers = {slot.worker_id: worker_status(slot, now, samples.get(slot.worker_id)) for slot in slots}
-    if state is PoolState.RUNNING and any(slot.state is not WorkerState.RUNNING for slot in slots):
-        state = PoolState.DEGRADED
+    workers = {
+        slot.worker_id: worker_status(slot, now, samples.get(slot.worker_id), unresponsive_after) for slot in slots
+    }
+    if state is PoolState.RUNNING and not all(worker.responsive for worker in workers.values()):
+        state = PoolState.DEGRADED  # a worker is not running, or is silent: its books cannot be read now
     return PoolStatus(
         pool_status=state,
         uptime_seconds=now - started_at if started_at is not None else 0.0,
@@ -113,8 +124,9 @@ def build_status(
         workers=workers,
         memory=memory,
         messages_published=published,
-        messages_applied=sum(slot.applied - slot.dropped for slot in slots),
+        messages_applied=sum(slot.applied - slot.dropped - slot.quarantined for slot in slots),
         frames_dropped=sum(slot.dropped for slot in slots),
+        frames_quarantined=sum(slot.quarantined for slot in slots),
         messages_per_second=rate,
         frames_rejected=rejected + sum(s.errors for s in workers.values()),
         rejections=_summed([rejections, *(s.rejections for s in workers.values())]),

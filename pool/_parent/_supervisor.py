@@ -61,7 +61,16 @@ import anyio.abc
 
 from pool._exceptions import BrokenWorkerError, WorkerStartupError
 from pool._wire._protocol import Handoff, Install, Rebuild
-from pool.models import ExitReason, MessageError, PoolConfig, PoolEvent, PoolEventKind, WorkerState
+from pool.models import (
+    ExitReason,
+    MessageError,
+    PoolConfig,
+    PoolEvent,
+    PoolEventKind,
+    WorkerState,
+    decode_frame,
+    event_asset_ids,
+)
 
 from ._events import EventHub
 from ._process import Launcher, WorkerProcess, describe_exit, explain_exit
@@ -122,6 +131,7 @@ class Supervisor:
 
     def _serve(self, slot: Slot) -> None:
         assert self._task_group is not None and slot.process is not None
+        slot.process.careful_until = slot.careful_frames()
         slot.process.serve(
             self._task_group,
             slot,
@@ -147,6 +157,8 @@ class Supervisor:
         slot.exit_code = process.exit_code
         slot.last_exit_reason = reason
         slot.retire(process.stats)
+        # Before the slot is recovering, so that nothing drops its queue meanwhile.
+        poison = self._find_poison(slot, process) if reason is ExitReason.HANG else None
         if stopping:
             slot.stopped("stopped with the pool")
         else:
@@ -159,6 +171,32 @@ class Supervisor:
             exit_code=process.exit_code,
             detail=explain_exit(reason, process.exit_code),
         )
+        if poison is not None:
+            self._quarantined(slot, poison)
+
+    def _find_poison(self, slot: Slot, process: WorkerProcess) -> bytes | None:
+        """The frame ``process`` hung on, quarantined if it is the second hang on it (see `Slot.note_hang`).
+
+        Only hangs: a frame that crashes its workers spends the restart budget, and the slot fails visibly.
+        """
+        hung_on = process.hung_on()
+        return slot.note_hang(None if hung_on is None else hung_on - process.acked, process.unfinished_frames)
+
+    def _quarantined(self, slot: Slot, frame: bytes) -> None:
+        """Report a quarantined frame, and mark its books stale as a feed would (through the rebuild, until a
+        `book`): the update it carried is lost."""
+        try:
+            assets = sorted({asset_id for event in decode_frame(frame) for asset_id in event_asset_ids(event)})
+        except MessageError:
+            assets = []
+        held, _ = slot.mark_stale(assets)
+        self._emit(
+            slot,
+            PoolEventKind.FRAME_QUARANTINED,
+            asset_ids=held,
+            detail=f"it hung two workers in turn; skipped for good (frame: {frame[:200].decode('utf-8', 'replace')})",
+        )
+        self._resync(slot, held, "a frame for it hung two workers and was skipped; waiting for a `book`")
 
     async def _supervise(self, slot: Slot) -> None:
         while True:

@@ -28,6 +28,7 @@ _SHOWN = {
     PoolEventKind.WORKER_FAILED,
     PoolEventKind.BOOK_STALE,
     PoolEventKind.MEMORY_BREACH,
+    PoolEventKind.FRAME_QUARANTINED,
 }
 _STATE_STYLE = {
     WorkerState.RUNNING: "green",

@@ -48,6 +48,7 @@ METRIC_NAMES = (
     "worker_pool_errors",
     "worker_pool_handler_errors",
     "worker_pool_frames_dropped",
+    "worker_pool_frames_quarantined",
     "worker_pool_rejections",
     "worker_pool_restarts",
     "worker_pool_books",
@@ -94,6 +95,11 @@ class PoolCollector(Collector):
             "Frames dropped from a recovering worker's full buffer (their books were fetched again or marked stale).",
             labels=labels,
         )
+        quarantined = CounterMetricFamily(
+            "worker_pool_frames_quarantined",
+            "Frames skipped for good because each hung two of the worker's processes in turn.",
+            labels=labels,
+        )
         rejections = CounterMetricFamily(
             "worker_pool_rejections",
             "Malformed frames and events skipped, by the parent or a worker, by reason.",
@@ -127,6 +133,7 @@ class PoolCollector(Collector):
             errors.add_metric(label, worker.errors)
             handler_errors.add_metric(label, worker.handler_errors)
             dropped.add_metric(label, worker.frames_dropped)
+            quarantined.add_metric(label, worker.frames_quarantined)
             restarts.add_metric(label, worker.restarts)
             books.add_metric(label, worker.books)
             stale.add_metric(label, worker.stale_books)
@@ -153,7 +160,7 @@ class PoolCollector(Collector):
             value={s.value: s is status.pool_status for s in PoolState},
         )
         yield from (messages, updates, errors, rejections, restarts, books, stale, memory, ratio, peak, cap, recycles)
-        yield from (up, state, apply_time, handler_errors, dropped)
+        yield from (up, state, apply_time, handler_errors, dropped, quarantined)
         yield from _feed_metrics(status)
 
 

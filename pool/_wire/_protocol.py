@@ -21,6 +21,7 @@ __all__ = [
     "MAX_BATCH_BYTES",
     "MAX_BATCH_FRAMES",
     "MAX_FRAME_BYTES",
+    "Applying",
     "Batch",
     "BookDump",
     "BookReply",
@@ -78,9 +79,15 @@ class Boot(msgspec.Struct, tag=True, array_like=True):
 
 
 class Batch(msgspec.Struct, tag=True, array_like=True):
-    """Market-data frames for one worker, in publish order."""
+    """Market-data frames for one worker, in publish order.
+
+    ``careful`` asks the worker to say which frame it is applying (an `Applying` before each): the parent
+    sends frames that way only after a worker hung with them in flight, so that a second hang names the
+    frame it hung on (to be quarantined), at no cost to the ordinary path.
+    """
 
     frames: list[bytes]
+    careful: bool = False
 
 
 class GetBook(msgspec.Struct, tag=True, array_like=True):
@@ -190,7 +197,13 @@ class BookDump(msgspec.Struct, tag=True, array_like=True):
     books: bytes
 
 
-FromWorker = Ready | Progress | BookReply | Trimmed | BookDump | Fatal
+class Applying(msgspec.Struct, tag=True, array_like=True):
+    """The worker is about to apply a frame of a careful `Batch`: the ``seq``-th (from 0) it was sent."""
+
+    seq: int
+
+
+FromWorker = Ready | Progress | BookReply | Trimmed | BookDump | Fatal | Applying
 
 
 def frame_header(payload_size: int) -> bytes:

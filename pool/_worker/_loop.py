@@ -23,6 +23,7 @@ import msgspec
 import psutil
 
 from pool._wire._protocol import (
+    Applying,
     Batch,
     BookDump,
     BookReply,
@@ -125,8 +126,11 @@ class WorkerLoop:
             if owed and not isinstance(message, Batch):
                 self._report()  # every answer follows the acknowledgement of the frames before it
             match message:
-                case Batch(frames):
-                    self._apply_batch(frames)
+                case Batch(frames, careful):
+                    if careful:
+                        self._apply_carefully(frames)
+                    else:
+                        self._apply_batch(frames)
                     if self._applied_seq - self._reported_seq >= _ACK_FRAMES:
                         self._report()
                 case GetBook(request_id, asset_id):
@@ -230,6 +234,13 @@ class WorkerLoop:
         self._messages += len(frames)
         self._applied_seq += len(frames)
         self._last_message_ts = time.time()
+
+    def _apply_carefully(self, frames: list[bytes]) -> None:
+        """Apply ``frames`` one at a time, each announced by an `Applying`, so that if one of them hangs the
+        handler, the parent knows which."""
+        for frame in frames:
+            self._conn.send_bytes(self._encoder.encode(Applying(self._applied_seq)))
+            self._apply_batch([frame])
 
     def _reject_event(
         self,

@@ -183,3 +183,18 @@ class SteadyLeak:
 
 def steady_leak(mb_per_second: float, worker_id: int) -> SteadyLeak:
     return SteadyLeak(mb_per_second)
+
+
+class PoisonedHandler:
+    """Never returns from the price change whose hash is ``marker``, every time it sees it (a poison frame)."""
+
+    def __init__(self, marker: str) -> None:
+        self._marker = marker
+
+    def on_price_change(self, book: Any, event: Any) -> None:
+        while event.hash == self._marker:
+            time.sleep(0.05)
+
+
+def poisoned_handler(marker: str, worker_id: int) -> PoisonedHandler:
+    return PoisonedHandler(marker)

@@ -3,18 +3,20 @@ every loss a counter, every stop a bound (design promises 7 and 8)."""
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import threading
 import time
 from collections.abc import Sequence
 
+import msgspec
 import pytest
 
 from pool import BrokenWorkerError, PersistentWorkerPool, PoolClosedError
 from pool._service._synthetic import SyntheticMarket
 from pool._wire._routing import slot_for
-from pool.models import WorkerState, decode_frame, event_asset_ids
+from pool.models import PoolEvent, PoolEventKind, PoolState, WorkerState, decode_frame, event_asset_ids
 from tests.integration import handlers
 from tests.integration.supervised import assert_exact, config, noticed, publish_tracked, running
 from tests.support import ReferenceBooks, ReferenceSource, as_decimals, wait_for
@@ -142,8 +144,12 @@ class SlowSource:
         return self.inner(asset_ids)
 
 
+def assets_of(frame: bytes) -> set[str]:
+    return {a for event in decode_frame(frame) for a in event_asset_ids(event)}
+
+
 def workers_of(frame: bytes, worker_count: int = 2) -> set[int]:
-    return {slot_for(a, worker_count) for event in decode_frame(frame) for a in event_asset_ids(event)}
+    return {slot_for(a, worker_count) for a in assets_of(frame)}
 
 
 def only_for(frame: bytes, worker_id: int) -> bool:
@@ -274,3 +280,76 @@ class TestCountersAcrossRestarts:
             for asset_id in [a for a in market.asset_ids if slot_for(a, 2) == 1]:
                 view = pool.get_book(asset_id)
                 assert (as_decimals(view.bids), as_decimals(view.asks)) == reference.levels(asset_id)
+
+
+def poisoned(frame: bytes, marker: str) -> bytes:
+    """``frame`` (a one-level price change) with hash ``marker`` and no timestamp: a replay after a rebuild
+    applies it again (an update without a timestamp is never older than a snapshot), so it hangs every
+    replacement that is sent it."""
+    document = msgspec.json.decode(frame)
+    document["hash"] = marker
+    del document["timestamp"]
+    return msgspec.json.encode(document)
+
+
+def is_one_level(frame: bytes) -> bool:
+    document = msgspec.json.decode(frame)
+    return isinstance(document, dict) and document.get("event_type") == "price_change" and "side" in document
+
+
+class TestPoisonFrame:
+    def test_a_frame_that_hangs_every_worker_is_quarantined_after_the_second_hang(self) -> None:
+        """A handler never returns from one frame, in the middle of 1,500 others: the first hang says
+        nothing of where it hung, the replacement is sent those frames one at a time and hangs on the same
+        frame, which is then skipped for good. The third process serves every book: the others exact, the
+        poisoned one stale (and handed to ``on_resync``) until its next `book`. While a worker hangs, the
+        pool is not healthy and the worker not responsive."""
+        market = SyntheticMarket(40, seed=331)
+        reference = ReferenceBooks()
+        source = ReferenceSource(reference)
+        resynced: list[str] = []
+        events: list[PoolEvent] = []
+        seen_while_hung: list[tuple[bool, bool, PoolState]] = []
+        factory = functools.partial(handlers.poisoned_handler, "poison")
+        settings = config(heartbeat_interval=0.25)
+        with PersistentWorkerPool(
+            settings, handler_factory=factory, snapshot_source=source, on_resync=resynced.extend
+        ) as pool:
+
+            def record(event: PoolEvent) -> None:
+                events.append(event)
+                if event.kind is PoolEventKind.WORKER_HUNG:  # inline on the loop, before the hung worker is killed
+                    status = pool.get_status()
+                    seen_while_hung.append((pool.is_healthy(), status.workers[0].responsive, status.pool_status))
+
+            pool.add_listener(record)
+            snapshots = market.snapshots()
+            publish_tracked(pool, source, snapshots)
+            pool.flush(timeout=10)
+            frames = list(market.updates(1_500))
+            index = next(i for i in range(700, len(frames)) if only_for(frames[i], 0) and is_one_level(frames[i]))
+            frames[index] = poisoned(frames[index], "poison")
+            (poisoned_asset,) = assets_of(frames[index])
+            publish_tracked(pool, source, frames)
+            wait_for(lambda: pool.get_status().frames_quarantined == 1, timeout=30, what="the quarantine")
+            wait_for(lambda: running(pool, 0), timeout=20, what="worker 0 back")
+            pool.flush(timeout=10)
+
+            hangs = [e for e in events if e.kind is PoolEventKind.WORKER_HUNG]
+            assert [e.worker_id for e in hangs] == [0, 0]
+            assert seen_while_hung == [(False, False, PoolState.DEGRADED)] * 2
+            quarantined = [e for e in events if e.kind is PoolEventKind.FRAME_QUARANTINED]
+            assert [(e.worker_id, e.asset_ids) for e in quarantined] == [(0, [poisoned_asset])]
+            status = pool.get_status()
+            assert status.workers[0].frames_quarantined == 1 and status.workers[1].frames_quarantined == 0
+            assert status.messages_applied == len(snapshots) + deliveries(frames) - 1
+            assert resynced == [poisoned_asset] and status.workers[0].stale_books == 1
+            assert pool.get_book(poisoned_asset).stale
+            others = [a for a in market.asset_ids if a != poisoned_asset]
+            assert_exact(pool, reference, others)
+            assert pool.is_healthy() and status.workers[0].responsive
+
+            publish_tracked(pool, source, [reference.snapshot(poisoned_asset)])  # the feed resubscribes
+            pool.flush(timeout=10)
+            assert_exact(pool, reference, market.asset_ids)
+            assert pool.get_status().workers[0].restarts == 2

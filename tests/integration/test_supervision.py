@@ -79,6 +79,7 @@ class TestRestartAndRebuild:
             assert_exact(pool, reference, market.asset_ids)
             status = pool.get_status().workers[0]
         assert status.last_exit_reason is ExitReason.HANG
+        assert status.frames_quarantined == 0  # one hang: its frames were sent carefully, and none hung again
         assert status.pid != victim.pid
         assert not psutil.pid_exists(victim.pid) or psutil.Process(victim.pid).status() == psutil.STATUS_ZOMBIE
 
