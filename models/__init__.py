@@ -40,6 +40,7 @@ from ._status import (
     WorkerStats,
     WorkerStatus,
 )
+from ._tasks import TaskPriority, TaskState, TaskStatus
 
 __all__ = [
     "BATCH_SECONDS_BOUNDS",
@@ -67,6 +68,9 @@ __all__ = [
     "RejectedEvent",
     "Rejection",
     "Side",
+    "TaskPriority",
+    "TaskState",
+    "TaskStatus",
     "TickSizeChange",
     "Trade",
     "UnknownEvent",

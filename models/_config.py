@@ -35,6 +35,10 @@ _RANGES: dict[str, tuple[type, float, float, bool]] = {
     "worker_memory_limit_mb": (float, 0.0, 10_000_000.0, False),
     "memory_threshold": (float, 0.0, 1.0, False),
     "memory_recycle_ratio": (float, 0.0, 1.0, False),
+    "task_timeout": (float, 0.0, _DAY, False),
+    "task_max_retries": (int, 0, 100, True),
+    "max_pending_tasks": (int, 1, 100_000_000, True),
+    "task_window": (int, 1, 1_000_000, True),
 }
 
 
@@ -70,6 +74,16 @@ class PoolConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
         memory_policy: what a breach of a worker's cap does: ``recycle``, ``restart`` or ``callback``.
         memory_recycle_ratio: under ``recycle``, the fraction of its cap at which a worker is recycled: below
             1, so that the worker stops growing before it reaches the cap (it is sent nothing more at once).
+        task_timeout: the longest a task may run; past it the task fails with `TaskTimeoutError` and its
+            worker is killed as hung (a worker running a task sends no heartbeat). ``None``: a task may run
+            as long as ``heartbeat_timeout`` allows, after which its worker counts as hung.
+        task_max_retries: how many times a task whose worker died while running it is run again, on the
+            rebuilt book, before it fails with `BrokenWorkerError`.
+        max_pending_tasks: tasks not yet finished that one worker may have; `submit` past it raises
+            `TaskQueueFullError` (wait for some to finish, or raise the bound).
+        task_window: tasks sent ahead to a worker, at most; the others wait in the parent by priority. Wider
+            pipelines more small tasks (each costs a round trip); narrower lets priorities and `cancel` act
+            on more of the tasks waiting (1: strictly by priority, one round trip per task).
     """
 
     worker_count: int = msgspec.field(default_factory=lambda: os.cpu_count() or 4)
@@ -89,6 +103,10 @@ class PoolConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     memory_threshold: float = 0.75
     memory_policy: MemoryPolicy = "recycle"
     memory_recycle_ratio: float = 0.9
+    task_timeout: float | None = None
+    task_max_retries: int = 1
+    max_pending_tasks: int = 10_000
+    task_window: int = 8
 
     def __post_init__(self) -> None:
         for name, (kind, low, high, low_inclusive) in _RANGES.items():

@@ -197,7 +197,9 @@ class WorkerStatus(msgspec.Struct, frozen=True, kw_only=True):
     skipped for good because each hung two of the slot's processes in turn). ``messages`` is the current
     process's count of frames taken off the channel. ``responsive`` is true while the slot is ``running``
     and its process has reported within `PoolConfig.unresponsive_after` (two heartbeat intervals): false,
-    the slot cannot serve reads now (a hung worker, before the health loop kills it).
+    the slot cannot serve reads now (a hung worker, before the health loop kills it). The task counts
+    (``pending_tasks`` and ``running_tasks`` now; ``completed_tasks``, ``failed_tasks``, ``cancelled_tasks``
+    ever) are the slot's, across restarts.
 
     ``standby_pid`` is the replacement a memory recycle has started, while it exists; ``peak_memory_bytes``
     the highest sample of any of the slot's processes (the figure the cap is held to); ``recycles`` the
@@ -224,6 +226,11 @@ class WorkerStatus(msgspec.Struct, frozen=True, kw_only=True):
     handler_errors: int = 0
     frames_dropped: int = 0
     frames_quarantined: int = 0
+    pending_tasks: int = 0
+    running_tasks: int = 0
+    completed_tasks: int = 0
+    failed_tasks: int = 0
+    cancelled_tasks: int = 0
     exit_code: int | None = None
     last_exit_reason: ExitReason | None = None
     last_restart_at: float | None = None
@@ -269,7 +276,8 @@ class PoolStatus(msgspec.Struct, frozen=True, kw_only=True):
     ``messages_published`` counts frames accepted by `publish`; ``messages_applied`` counts deliveries
     applied by workers (a frame whose assets span two workers is delivered, and counted, twice), and
     ``frames_dropped`` deliveries dropped from a recovering worker's buffer instead, and
-    ``frames_quarantined`` deliveries skipped because they hung two workers (see `WorkerStatus`).
+    ``frames_quarantined`` deliveries skipped because they hung two workers (see `WorkerStatus`). The task
+    counts are the workers' summed (a `submit_all` counts once per worker).
     ``frames_rejected`` counts malformed frames and events, whether the parent or a worker caught them
     (each once, over the pool's life, restarts included), and ``rejections`` the same by reason (the keys
     are `models.Rejection` values); ``frames_unroutable`` counts well-formed frames that name no asset
@@ -292,4 +300,9 @@ class PoolStatus(msgspec.Struct, frozen=True, kw_only=True):
     rejections: dict[str, int] = {}
     frames_dropped: int = 0
     frames_quarantined: int = 0
+    pending_tasks: int = 0
+    running_tasks: int = 0
+    completed_tasks: int = 0
+    failed_tasks: int = 0
+    cancelled_tasks: int = 0
     feeds: dict[str, FeedStatus] = msgspec.field(default_factory=dict)

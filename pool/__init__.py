@@ -7,13 +7,17 @@
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from pool.models import PoolConfig
+from pool.models import PoolConfig, TaskPriority, TaskState, TaskStatus
 
 from ._exceptions import (
     BrokenWorkerError,
     PoolClosedError,
     PoolError,
     PoolTimeoutError,
+    TaskCancelledError,
+    TaskError,
+    TaskQueueFullError,
+    TaskTimeoutError,
     UnknownAssetError,
     WorkerError,
     WorkerStartupError,
@@ -22,6 +26,7 @@ from ._exceptions import (
 if TYPE_CHECKING:
     from ._parent._pool import PersistentWorkerPool
     from ._parent._snapshots import CallableSnapshotSource, SnapshotSource
+    from ._parent._tasks import TaskHandle
 
 __all__ = [
     "BrokenWorkerError",
@@ -32,6 +37,14 @@ __all__ = [
     "PoolError",
     "PoolTimeoutError",
     "SnapshotSource",
+    "TaskCancelledError",
+    "TaskError",
+    "TaskHandle",
+    "TaskPriority",
+    "TaskQueueFullError",
+    "TaskState",
+    "TaskStatus",
+    "TaskTimeoutError",
     "UnknownAssetError",
     "WorkerError",
     "WorkerStartupError",
@@ -49,6 +62,7 @@ _LAZY = {
     "CallableSnapshotSource": "._parent._snapshots",
     "PersistentWorkerPool": "._parent._pool",
     "SnapshotSource": "._parent._snapshots",
+    "TaskHandle": "._parent._tasks",
 }
 
 

@@ -3,6 +3,10 @@
     PoolError
     +-- PoolClosedError          you shut the pool down; make a new one
     +-- PoolTimeoutError         a publish/flush/get_book waited longer than its timeout (also TimeoutError)
+    |   +-- TaskTimeoutError     a task ran longer than task_timeout
+    +-- TaskCancelledError       the task was cancelled before it started
+    +-- TaskError                a task's outcome could not be returned (unpicklable result, no such book)
+    +-- TaskQueueFullError       a worker has max_pending_tasks tasks unfinished
     +-- UnknownAssetError        no worker holds a book for that asset (also LookupError)
     +-- WorkerError              something went wrong with one worker process (has worker_id, pid)
         +-- WorkerStartupError   it did not become ready; the pool did not start
@@ -21,6 +25,10 @@ __all__ = [
     "PoolClosedError",
     "PoolError",
     "PoolTimeoutError",
+    "TaskCancelledError",
+    "TaskError",
+    "TaskQueueFullError",
+    "TaskTimeoutError",
     "UnknownAssetError",
     "WorkerError",
     "WorkerStartupError",
@@ -45,6 +53,23 @@ class PoolClosedError(PoolError):
 
 class PoolTimeoutError(PoolError, TimeoutError):
     """A call waited longer than the timeout it was given."""
+
+
+class TaskTimeoutError(PoolTimeoutError):
+    """A task ran longer than ``PoolConfig.task_timeout``; its worker was killed as hung and rebuilt."""
+
+
+class TaskCancelledError(PoolError):
+    """The task was cancelled before it started (`TaskHandle.cancel`)."""
+
+
+class TaskError(PoolError):
+    """A task could not be run or its outcome could not be returned: its result (or the exception it raised)
+    could not be pickled, or its worker holds no book for the asset. The message says which."""
+
+
+class TaskQueueFullError(PoolError):
+    """A worker already has ``max_pending_tasks`` tasks not finished; wait for some, or raise the bound."""
 
 
 class UnknownAssetError(PoolError, LookupError):

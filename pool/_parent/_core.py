@@ -78,7 +78,10 @@ class PoolCore:
         begun = time.monotonic()
         changes, waker = Changes(), LoopWaker()
         self.changes = changes
-        self.slots = [Slot(worker_id, changes) for worker_id in range(self.config.worker_count)]
+        self.slots = [
+            Slot(worker_id, changes, self.config.task_max_retries, self.config.task_window)
+            for worker_id in range(self.config.worker_count)
+        ]
         launcher = self._launcher = Launcher(self.config, self._factory, self._worker_log, self.events.emit)
         self.publisher = Publisher(
             self.slots, self.router, self.config.max_pending_messages, waker, changes, self.events, self._log

@@ -16,7 +16,7 @@ from typing import Any, NamedTuple, TypeAlias
 
 import cloudpickle
 
-__all__ = ["HandlerFactory", "PreparedFactory", "prepare_factory", "resolve_factory"]
+__all__ = ["HandlerFactory", "PreparedFactory", "pickled", "prepare_factory", "resolve_callable"]
 
 HandlerFactory: TypeAlias = Callable[[int], Any] | Callable[[], Any]
 
@@ -29,25 +29,44 @@ class PreparedFactory(NamedTuple):
     name: str
 
 
-def resolve_factory(factory: HandlerFactory | str) -> HandlerFactory:
-    """Turn ``"package.module:factory"`` into the callable it names; pass a callable through.
+def resolve_callable(spec: Any, what: str = "handler_factory", example: str = "factory") -> Callable[..., Any]:
+    """Turn ``"package.module:name"`` into the callable it names; pass a callable through. ``what`` names
+    the argument in errors, ``example`` the attribute in the form they show.
 
     Raises:
         ValueError: the string is not of the form ``module:attribute``.
         ImportError, AttributeError: the module or the attribute does not exist.
-        TypeError: the named object is not callable.
+        TypeError: the named object (or ``spec`` itself) is not callable.
     """
-    if not isinstance(factory, str):
-        return factory
-    module_name, sep, attribute = factory.partition(":")
+    if not isinstance(spec, str):
+        if not callable(spec):
+            raise TypeError(f"{what} must be callable or an import path string, got {type(spec).__name__}")
+        return spec  # type: ignore[no-any-return]
+    module_name, sep, attribute = spec.partition(":")
     if not sep or not module_name or not attribute:
-        raise ValueError(f"handler_factory {factory!r} must look like 'package.module:factory'")
+        raise ValueError(f"{what} {spec!r} must look like 'package.module:{example}'")
     target: Any = importlib.import_module(module_name)
     for part in attribute.split("."):
         target = getattr(target, part)
     if not callable(target):
-        raise TypeError(f"handler_factory {factory!r} names a {type(target).__name__}, not a callable")
+        raise TypeError(f"{what} {spec!r} names a {type(target).__name__}, not a callable")
     return target  # type: ignore[no-any-return]
+
+
+def pickled(value: Any, what: str) -> bytes:
+    """``value`` pickled with cloudpickle (by value if defined in ``__main__``), for a worker.
+
+    Raises:
+        TypeError: it cannot be pickled; the message says what a worker-bound value must not hold.
+    """
+    try:
+        data: bytes = cloudpickle.dumps(value)
+    except Exception as exc:
+        raise TypeError(
+            f"{what} cannot be pickled ({type(exc).__name__}: {exc}). Workers are separate processes, so it "
+            "travels to them pickled: it must not capture locks, sockets, open files or other live resources"
+        ) from exc
+    return data
 
 
 def prepare_factory(factory: HandlerFactory | str | None) -> PreparedFactory | None:
@@ -55,24 +74,15 @@ def prepare_factory(factory: HandlerFactory | str | None) -> PreparedFactory | N
 
     Raises:
         TypeError: it is not callable, takes neither no argument nor one, or cannot be pickled.
-        ValueError, ImportError, AttributeError: a bad import path (see `resolve_factory`).
+        ValueError, ImportError, AttributeError: a bad import path (see `resolve_callable`).
     """
     if factory is None:
         return None
-    if not isinstance(factory, str) and not callable(factory):
-        raise TypeError(f"handler_factory must be callable or an import path string, got {type(factory).__name__}")
-    resolved = resolve_factory(factory)
+    resolved = resolve_callable(factory)
     name = getattr(resolved, "__qualname__", None) or repr(resolved)
     takes_worker_id = _takes_worker_id(resolved, name)
-    try:
-        pickled = cloudpickle.dumps(resolved)
-    except Exception as exc:
-        raise TypeError(
-            f"handler_factory {name} cannot be pickled ({type(exc).__name__}: {exc}). Workers are separate "
-            "processes, so the factory travels to them pickled: it must not capture locks, sockets, open files "
-            "or other live resources. Create those inside the factory, which runs in each worker"
-        ) from exc
-    return PreparedFactory(pickled, takes_worker_id, name)
+    data = pickled(resolved, f"handler_factory {name} (create live resources inside it: it runs in each worker)")
+    return PreparedFactory(data, takes_worker_id, name)
 
 
 def _takes_worker_id(factory: Callable[..., Any], name: str) -> bool:

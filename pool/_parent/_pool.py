@@ -26,18 +26,28 @@ import anyio
 import anyio.lowlevel
 
 from pool._exceptions import PoolClosedError, PoolError, PoolTimeoutError, UnknownAssetError
-from pool.models import BookView, FeedStatus, PoolConfig, PoolState, PoolStatus, WorkerState, WorkerStats
+from pool.models import (
+    BookView,
+    FeedStatus,
+    PoolConfig,
+    PoolState,
+    PoolStatus,
+    TaskPriority,
+    WorkerState,
+    WorkerStats,
+)
 from pool.monitors import MemoryMonitor
 
 from ._changes import Changes
 from ._core import PoolCore
 from ._events import Listener
-from ._factories import HandlerFactory, prepare_factory
+from ._factories import HandlerFactory, pickled, prepare_factory, resolve_callable
 from ._publisher import DONE, MORE, TAKEN, Publishable, PublishCall, Publisher
 from ._slot import Reply, Slot
 from ._snapshots import SnapshotSource, as_snapshot_source
 from ._status import alive_count, build_status, is_responsive
 from ._supervisor import ResyncCallback
+from ._tasks import TaskHandle, TaskWaits, new_task
 from ._thread import LoopThread
 
 __all__ = ["PersistentWorkerPool"]
@@ -252,7 +262,118 @@ class PersistentWorkerPool:
 
         return self._wait(flushed, deadline, timed_out, lambda: None)
 
-    wait_for_completion = flush
+    def wait_for_completion(self, timeout: float | None = None) -> Any:
+        """Wait until every frame published before this call has been applied and every task submitted
+        before it has finished; True once they have, False if ``timeout`` passed first.
+
+        Raises:
+            BrokenWorkerError: a worker with frames still to apply was given up.
+            PoolClosedError: the pool was shut down.
+        """
+        self._running_publisher("wait_for_completion")
+        slots = self._core.slots
+        frames = [(slot, slot.published) for slot in slots]
+        tasks = [task for slot in slots for task in slot.tasks.unfinished_tasks()]
+        deadline = None if timeout is None else time.monotonic() + timeout
+
+        def complete() -> bool:
+            for slot, target in frames:
+                if slot.applied < target:
+                    slot.check_alive()
+                    return False
+            return all(task.done for task in tasks)
+
+        if self._mode is _Mode.ASYNC:
+            return self._changes.wait_async(complete, deadline)
+        return self._changes.wait_sync(complete, deadline)
+
+    def submit(
+        self,
+        asset_id: str,
+        fn: Callable[..., Any] | str,
+        /,
+        *args: Any,
+        priority: TaskPriority = TaskPriority.NORMAL,
+        metadata: Any = None,
+        **kwargs: Any,
+    ) -> TaskHandle:
+        """Run ``fn(book, *args, **kwargs)`` in the worker that holds ``asset_id``'s book; return its handle.
+
+        It runs after every frame published before this call has been applied to the book (read your
+        writes), between two batches, and never holds back frames published before it. ``book`` is the
+        worker's live `OrderBook`: read it, never change it. ``fn`` is a callable (a module-level function,
+        or one defined in ``__main__`` or a notebook, sent by value) or an import path
+        ``"package.module:function"``. ``priority`` orders it among the tasks waiting for the same worker;
+        ``metadata`` stays in the parent, on the handle. ``priority`` and ``metadata`` are this method's
+        own: pass arguments of those names to ``fn`` positionally.
+
+        Raises:
+            UnknownAssetError: no `book` snapshot was ever published for ``asset_id``.
+            TypeError: ``fn`` (or an argument) cannot be pickled, or ``fn`` is not callable.
+            TaskQueueFullError: the worker has ``max_pending_tasks`` tasks not finished.
+            BrokenWorkerError: the worker has failed.
+            PoolClosedError: the pool was shut down.
+        """
+        publisher = self._running_publisher("submit")
+        if not isinstance(asset_id, str):
+            raise TypeError(f"asset_id must be a str, got {type(asset_id).__name__}")
+        slot = self._core.slots[self._core.router[asset_id]]
+        if not slot.holds(asset_id):
+            raise UnknownAssetError(asset_id, slot.worker_id)
+        task = new_task(slot.worker_id, asset_id, TaskPriority(priority), self._task_payload(fn, args, kwargs))
+        publisher.submit_task(slot, task, self.config.max_pending_tasks)
+        return TaskHandle([(task, slot.tasks)], self._task_waits(publisher), metadata)
+
+    def submit_all(
+        self,
+        fn: Callable[..., Any] | str,
+        /,
+        *args: Any,
+        priority: TaskPriority = TaskPriority.NORMAL,
+        metadata: Any = None,
+        **kwargs: Any,
+    ) -> TaskHandle:
+        """Run ``fn(books, *args, **kwargs)`` once in every worker, ``books`` being a read-only mapping of its
+        books (asset id -> `OrderBook`); the handle's result is the merge of the mappings they return.
+
+        As `submit` otherwise (read your writes, priority, metadata); its status is the parts' together.
+
+        Raises:
+            BrokenWorkerError: a worker has failed (nothing was submitted).
+            TypeError, TaskQueueFullError, PoolClosedError: as `submit`.
+        """
+        publisher = self._running_publisher("submit_all")
+        slots = self._core.slots
+        for slot in slots:
+            slot.check_alive()
+        payload = self._task_payload(fn, args, kwargs)
+        parts = []
+        for slot in slots:
+            task = new_task(slot.worker_id, None, TaskPriority(priority), payload)
+            publisher.submit_task(slot, task, self.config.max_pending_tasks)
+            parts.append((task, slot.tasks))
+        return TaskHandle(parts, self._task_waits(publisher), metadata, merged=True)
+
+    def submit_tasks(
+        self,
+        tasks: Iterable[tuple[str, Callable[..., Any] | str, Sequence[Any]]],
+        *,
+        priority: TaskPriority = TaskPriority.NORMAL,
+    ) -> list[TaskHandle]:
+        """`submit` for each ``(asset_id, fn, args)``, in order; return their handles.
+
+        Raises what `submit` raises, at the first task that cannot be submitted (those before it were).
+        """
+        return [self.submit(asset_id, fn, *args, priority=priority) for asset_id, fn, args in tasks]
+
+    @staticmethod
+    def _task_payload(fn: Callable[..., Any] | str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
+        function = resolve_callable(fn, "a task's fn", "function")
+        name = getattr(function, "__qualname__", None) or repr(function)
+        return pickled((function, args, kwargs), f"task {name} with its arguments")
+
+    def _task_waits(self, publisher: Publisher) -> TaskWaits:
+        return TaskWaits(self._changes, self._mode is _Mode.ASYNC, publisher.notify_soon)
 
     def get_book(self, asset_id: str, *, timeout: float | None = None) -> Any:
         """Return a `BookView` of ``asset_id`` that reflects every frame published before this call.

@@ -48,6 +48,9 @@ from pool._wire._protocol import (
     LogTally,
     Progress,
     Ready,
+    RunTask,
+    TaskDone,
+    TaskStarted,
     ToWorker,
     Trim,
     Trimmed,
@@ -336,6 +339,11 @@ class WorkerProcess:
                         self._trim_inflight(slot)
                     case Applying(seq):
                         self.applying = seq
+                    case TaskStarted(task_id):
+                        slot.task_started(task_id)
+                    case TaskDone():
+                        slot.task_done(message)
+                        self._trim_inflight(slot)
                     case Ready() | Fatal():
                         self._log.warning("worker_unexpected_message", message=type(message).__name__)
         except (anyio.EndOfStream, anyio.ClosedResourceError):
@@ -351,6 +359,9 @@ class WorkerProcess:
             head = inflight[0]
             if isinstance(head.message, GetBook | Trim | Handoff):
                 if slot.is_waiting_for(head.message.request_id):
+                    return
+            elif isinstance(head.message, RunTask):
+                if slot.tasks.is_sent(head.message.task_id):
                     return
             elif isinstance(head.message, Batch) and head.end_seq > self.acked:
                 return
@@ -369,7 +380,7 @@ class WorkerProcess:
             unfinished = self._unfinished()
         self.unfinished_frames = sum(len(frames) for frames, _ in unfinished)
         self.exit_reason = self._kill_reason or _classify(self.exit_code)
-        slot.requeue(unfinished, self.acked)
+        slot.requeue(unfinished, self.acked, self.pid)
         on_exit(self)
         with anyio.CancelScope(shield=True):
             await self.close()
@@ -399,7 +410,7 @@ class WorkerProcess:
                         items[-1][0].extend(frames)
                     else:
                         items.append((list(frames), None))
-                case GetBook() | Trim():
+                case GetBook() | Trim() | RunTask():
                     items.append(([], sent.message))
                 case _:
                     # A Rebuild: the next recovery fetches a fresh one; an old one would undo newer frames.

@@ -36,6 +36,7 @@ from pool.models import (
 from ._changes import Changes, LoopWaker
 from ._events import EventHub
 from ._slot import NO_LIMIT, NO_ROOM, QUEUED, SEND_NOW, Reply, Slot
+from ._tasks import Task
 
 __all__ = [
     "DONE",
@@ -338,6 +339,22 @@ class Publisher:
         reply = slot.request(lambda request_id: GetBook(request_id, asset_id))
         self._send_now(slot)
         return reply
+
+    def submit_task(self, slot: Slot, task: Task, limit: int) -> None:
+        """Give ``task`` to ``slot``: queued behind every frame queued before this call, or left waiting (by
+        priority) while the slot's worker has its window of tasks.
+
+        Raises:
+            BrokenWorkerError: the slot has been given up.
+            TaskQueueFullError: the slot has ``limit`` tasks not finished.
+        """
+        slot.check_alive()
+        if slot.queue_controls(slot.tasks.add(task, limit)):
+            self._send_now(slot)
+
+    def notify_soon(self) -> None:
+        """Wake every waiter, from any thread (a task cancelled by its caller)."""
+        self._waker.soon(self._changes.notify)
 
     def mark_stale(self, asset_ids: Iterable[str]) -> int:
         """Flag the held books of ``asset_ids`` stale until a `book` for each; return how many were marked."""

@@ -25,10 +25,11 @@ from typing import TYPE_CHECKING
 import anyio
 
 from pool._exceptions import BrokenWorkerError, PoolClosedError
-from pool._wire._protocol import GetBook, Handoff, Install, Rebuild, ToWorker, Trim
+from pool._wire._protocol import GetBook, Handoff, Install, Rebuild, RunTask, TaskDone, ToWorker, Trim
 from pool.models import BookView, ExitReason, RecycleCause, WorkerState, WorkerStats
 
 from ._changes import Changes
+from ._tasks import TaskBoard
 
 if TYPE_CHECKING:
     from ._process import WorkerProcess
@@ -64,8 +65,9 @@ class Reply:
 class Slot:
     """One shard's durable state. See the module docstring for which thread may call what."""
 
-    def __init__(self, worker_id: int, changes: Changes) -> None:
+    def __init__(self, worker_id: int, changes: Changes, task_max_retries: int = 1, task_window: int = 8) -> None:
         self.worker_id = worker_id
+        self.tasks = TaskBoard(worker_id, task_max_retries, task_window)
         self.state = WorkerState.STARTING
         self._changes = changes
         self._lock = threading.Lock()
@@ -165,17 +167,22 @@ class Slot:
 
     def close(self, stop: ToWorker) -> None:
         """Queue ``stop`` behind everything queued so far and accept nothing after it."""
+        tasks = self.tasks.take(everything=True)  # every task submitted runs before the worker stops
         with self._lock:
             self._closed = True
-            self._queue.append((self._frames, stop))
-            self._frames = []
+            for message in [*tasks, stop]:
+                self._append_control(message)
         self.wake()
 
     def enqueue_control(self, message: ToWorker) -> None:
         """Queue a control message behind every frame queued so far (the writer must then be woken)."""
         with self._lock:
-            self._queue.append((self._frames, message))
-            self._frames = []
+            self._append_control(message)
+
+    def _append_control(self, message: ToWorker) -> None:
+        """Queue ``message`` behind every frame queued so far; call holding the lock."""
+        self._queue.append((self._frames, message))
+        self._frames = []
 
     def request(self, make: Callable[[int], GetBook | Trim | Handoff]) -> Reply:
         """Queue a request behind every frame queued so far and return where its answer will land.
@@ -187,8 +194,7 @@ class Slot:
             self.check_alive()
             self._next_request += 1
             reply = self._replies[self._next_request] = Reply()
-            self._queue.append((self._frames, make(self._next_request)))
-            self._frames = []
+            self._append_control(make(self._next_request))
         return reply
 
     def drop_buffered(self) -> int:
@@ -333,10 +339,20 @@ class Slot:
             self._queue.appendleft(([], message))
         self.wake()
 
-    def requeue(self, items: list[QueueItem], applied_by_process: int) -> None:
+    def requeue(self, items: list[QueueItem], applied_by_process: int, pid: int | None = None) -> None:
         """A process ended: ``items`` (what it had not finished, in order) go back to the front of the queue,
         and the frames it applied are final. A `Handoff` it had not answered ends unanswered (its books
-        went with it) instead of going to the replacement."""
+        went with it) instead of going to the replacement; a task it was running is retried, or fails once
+        it has been cut short ``task_max_retries`` times (see `TaskBoard.requeued`)."""
+
+        def cut_short(attempts: int) -> BrokenWorkerError:
+            return BrokenWorkerError(
+                f"worker {self.worker_id} (pid {pid}) died while running this task, {attempts} times "
+                "(task_max_retries allows one run fewer)",
+                worker_id=self.worker_id,
+                pid=pid,
+            )
+
         with self._lock:
             self._seq_base += applied_by_process
             self.applied = self._seq_base
@@ -346,6 +362,8 @@ class Slot:
                     reply = self._replies.pop(control.request_id, None)
                     if reply is not None:
                         reply.done = True
+                    control = None
+                elif isinstance(control, RunTask) and not self.tasks.requeued(control.task_id, cut_short):
                     control = None
                 if frames or control is not None:
                     kept.append((frames, control))
@@ -393,6 +411,36 @@ class Slot:
             self.applied = self._seq_base + applied_by_process
         self._changes.notify()
 
+    def task_started(self, task_id: int) -> None:
+        self.tasks.started(task_id)
+        self._changes.notify()
+
+    def task_done(self, done: TaskDone) -> None:
+        """The worker finished a task: file its outcome and queue the next tasks the window has room for."""
+        self.tasks.finished_with(done)
+        self.dispatch_tasks()
+        self._changes.notify()
+
+    def task_timed_out(self, task_id: int, error: BaseException) -> None:
+        """A task ran too long: it fails now (its process is about to be killed, and it is not retried)."""
+        self.tasks.fail(task_id, error)
+        self.dispatch_tasks()
+        self._changes.notify()
+
+    def dispatch_tasks(self) -> None:
+        """Queue the tasks the window has room for (behind every frame queued so far) and wake the writer."""
+        if self.queue_controls(self.tasks.take()):
+            self.wake()
+
+    def queue_controls(self, messages: list[RunTask]) -> bool:
+        """Queue ``messages`` behind every frame queued so far; True if there were any (wake the writer)."""
+        if not messages:
+            return False
+        with self._lock:
+            for message in messages:
+                self._append_control(message)
+        return True
+
     def answer(self, request_id: int, book: BookView | None, data: bytes | None = None) -> None:
         reply = self._replies.pop(request_id, None)
         if reply is not None:
@@ -436,6 +484,7 @@ class Slot:
 
     def fail(self, error: BrokenWorkerError) -> None:
         """Give the slot up: every call waiting on it, now or later, raises ``error``."""
+        self.tasks.fail_all(error)
         with self._lock:
             self.broken = error
             replies, self._replies = self._replies, {}

@@ -11,6 +11,7 @@ from pool.models import (
     MemoryStatus,
     PoolState,
     PoolStatus,
+    TaskState,
     WorkerState,
     WorkerStatus,
 )
@@ -64,6 +65,7 @@ def worker_status(slot: Slot, now: float, memory: MemoryInfo | None, unresponsiv
     # whose old process has handed them over (queries wait the moment until its replacement serves them).
     unavailable = slot.state is WorkerState.FAILED or (slot.state is WorkerState.RECOVERING and slot.handoff is None)
     standby = slot.standby
+    tasks = slot.tasks.counts()
     return WorkerStatus(
         worker_id=slot.worker_id,
         status=slot.state,
@@ -82,6 +84,11 @@ def worker_status(slot: Slot, now: float, memory: MemoryInfo | None, unresponsiv
         handler_errors=slot.retired_handler_errors + (stats.handler_errors if stats else 0),
         frames_dropped=slot.dropped,
         frames_quarantined=slot.quarantined,
+        pending_tasks=tasks[TaskState.PENDING],
+        running_tasks=tasks[TaskState.RUNNING],
+        completed_tasks=tasks[TaskState.COMPLETED],
+        failed_tasks=tasks[TaskState.FAILED],
+        cancelled_tasks=tasks[TaskState.CANCELLED],
         stale_books=slot.book_count if unavailable else slot.stale_count or (stats.stale_books if stats else 0),
         exit_code=slot.exit_code,
         last_exit_reason=slot.last_exit_reason,
@@ -127,6 +134,11 @@ def build_status(
         messages_applied=sum(slot.applied - slot.dropped - slot.quarantined for slot in slots),
         frames_dropped=sum(slot.dropped for slot in slots),
         frames_quarantined=sum(slot.quarantined for slot in slots),
+        pending_tasks=sum(w.pending_tasks for w in workers.values()),
+        running_tasks=sum(w.running_tasks for w in workers.values()),
+        completed_tasks=sum(w.completed_tasks for w in workers.values()),
+        failed_tasks=sum(w.failed_tasks for w in workers.values()),
+        cancelled_tasks=sum(w.cancelled_tasks for w in workers.values()),
         messages_per_second=rate,
         frames_rejected=rejected + sum(s.errors for s in workers.values()),
         rejections=_summed([rejections, *(s.rejections for s in workers.values())]),

@@ -59,7 +59,7 @@ from typing import Any, TypeAlias
 import anyio
 import anyio.abc
 
-from pool._exceptions import BrokenWorkerError, WorkerStartupError
+from pool._exceptions import BrokenWorkerError, TaskTimeoutError, WorkerStartupError
 from pool._wire._protocol import Handoff, Install, Rebuild
 from pool.models import (
     ExitReason,
@@ -331,14 +331,34 @@ class Supervisor:
 
     async def _health_loop(self) -> None:
         timeout = self._config.effective_heartbeat_timeout
+        task_timeout = self._config.task_timeout
         # Check four times per timeout: a hang is caught within 1.25 timeouts, for a negligible cost.
-        period = timeout / 4
+        period = min(timeout, task_timeout or timeout) / 4
         while True:
             await anyio.sleep(period)
             now = time.monotonic()
             for slot in self._slots:
                 process = slot.process
                 if slot.state is not WorkerState.RUNNING or process is None:
+                    continue
+                running = slot.tasks.running
+                if running is not None and task_timeout is not None:
+                    # A worker running a task sends no heartbeat: the task's own bound replaces that one.
+                    task, since = running
+                    if now - since > task_timeout:
+                        slot.task_timed_out(
+                            task.task_id,
+                            TaskTimeoutError(
+                                f"task {task.task_id} ran longer than task_timeout={task_timeout:g} s; its worker "
+                                "was killed as hung, and its books rebuilt"
+                            ),
+                        )
+                        self._emit(
+                            slot,
+                            PoolEventKind.WORKER_HUNG,
+                            detail=f"task {task.task_id} ran longer than task_timeout={task_timeout:g} s; killing it",
+                        )
+                        process.kill(ExitReason.HANG)
                     continue
                 silent = now - process.last_heard
                 if silent > timeout:

@@ -60,6 +60,7 @@ class LiveView:
             (status.pool_status.value, "green" if status.pool_status.value == "running" else "yellow"),
             f"  up {status.uptime_seconds:,.0f} s  {status.messages_per_second:,.0f} msg/s"
             f"  books {status.total_books:,}  restarts {status.restarts}"
+            f"  tasks {status.completed_tasks:,} done, {status.failed_tasks:,} failed"
             f"  system memory {memory.usage_percent:.0f}% (pressure above {memory.threshold:.0%})",
         )
         feeds = [_feed_line(feed) for _, feed in sorted(status.feeds.items())]
@@ -72,6 +73,7 @@ class LiveView:
             ("stale", "right"),
             ("memory / cap", "left"),
             ("msg/s", "right"),
+            ("tasks waiting/done", "right"),
             ("restarts", "right"),
         ):
             table.add_column(column, justify=justify)  # type: ignore[arg-type]
@@ -84,6 +86,7 @@ class LiveView:
                 f"{worker.stale_books:,}",
                 _memory_bar(worker.memory_bytes, worker.memory_cap_bytes),
                 f"{rates.get(worker_id, 0.0):,.0f}",
+                f"{worker.pending_tasks + worker.running_tasks:,}/{worker.completed_tasks + worker.failed_tasks:,}",
                 str(worker.restarts),
             )
         events = Text("recent events: none" if not self._events else "recent events:\n", style="dim")

@@ -61,6 +61,8 @@ METRIC_NAMES = (
     "worker_pool_worker_up",
     "worker_pool_state",
     "worker_pool_batch_apply_seconds",
+    "worker_pool_tasks",
+    "worker_pool_tasks_finished",
 )
 _REASONS: tuple[str, ...] = get_args(Rejection)
 _RECYCLE_CAUSES: tuple[str, ...] = get_args(RecycleCause)
@@ -127,6 +129,12 @@ class PoolCollector(Collector):
         apply_time = HistogramMetricFamily(
             "worker_pool_batch_apply_seconds", "Time to decode and apply one batch of frames.", labels=labels
         )
+        tasks = GaugeMetricFamily(
+            "worker_pool_tasks", "Tasks pending or running now, by state.", labels=[*labels, "state"]
+        )
+        finished = CounterMetricFamily(
+            "worker_pool_tasks_finished", "Tasks finished, by state.", labels=[*labels, "state"]
+        )
         for worker_id, worker in sorted(status.workers.items()):
             label = [str(worker_id)]
             messages.add_metric(label, worker.messages)
@@ -134,6 +142,11 @@ class PoolCollector(Collector):
             handler_errors.add_metric(label, worker.handler_errors)
             dropped.add_metric(label, worker.frames_dropped)
             quarantined.add_metric(label, worker.frames_quarantined)
+            tasks.add_metric([*label, "pending"], worker.pending_tasks)
+            tasks.add_metric([*label, "running"], worker.running_tasks)
+            finished.add_metric([*label, "completed"], worker.completed_tasks)
+            finished.add_metric([*label, "failed"], worker.failed_tasks)
+            finished.add_metric([*label, "cancelled"], worker.cancelled_tasks)
             restarts.add_metric(label, worker.restarts)
             books.add_metric(label, worker.books)
             stale.add_metric(label, worker.stale_books)
@@ -160,7 +173,7 @@ class PoolCollector(Collector):
             value={s.value: s is status.pool_status for s in PoolState},
         )
         yield from (messages, updates, errors, rejections, restarts, books, stale, memory, ratio, peak, cap, recycles)
-        yield from (up, state, apply_time, handler_errors, dropped, quarantined)
+        yield from (up, state, apply_time, handler_errors, dropped, quarantined, tasks, finished)
         yield from _feed_metrics(status)
 
 

@@ -36,7 +36,10 @@ __all__ = [
     "Progress",
     "Ready",
     "Rebuild",
+    "RunTask",
     "Stop",
+    "TaskDone",
+    "TaskStarted",
     "ToWorker",
     "Trim",
     "Trimmed",
@@ -135,7 +138,17 @@ class Install(msgspec.Struct, tag=True, array_like=True):
     books: bytes
 
 
-ToWorker = Boot | Batch | GetBook | Trim | Handoff | Install | Rebuild | MarkStale | Stop
+class RunTask(msgspec.Struct, tag=True, array_like=True):
+    """Run a task: ``payload`` is ``(fn, args, kwargs)`` pickled with cloudpickle; ``fn`` is called with the
+    live book of ``asset_id`` (with every book of the worker, a read-only mapping, when ``None``). Answered
+    by `TaskStarted`, then `TaskDone`, after every frame sent before it."""
+
+    task_id: int
+    asset_id: str | None
+    payload: bytes
+
+
+ToWorker = Boot | Batch | GetBook | Trim | Handoff | Install | Rebuild | MarkStale | RunTask | Stop
 
 
 class Ready(msgspec.Struct, tag=True, array_like=True):
@@ -203,7 +216,24 @@ class Applying(msgspec.Struct, tag=True, array_like=True):
     seq: int
 
 
-FromWorker = Ready | Progress | BookReply | Trimmed | BookDump | Fatal | Applying
+class TaskStarted(msgspec.Struct, tag=True, array_like=True):
+    """The worker is starting the task (from here a death of the worker is a run cut short)."""
+
+    task_id: int
+
+
+class TaskDone(msgspec.Struct, tag=True, array_like=True):
+    """The task's outcome: ``value`` is its result pickled, or, if ``failed``, the exception it raised pickled
+    (empty when even that could not be pickled); ``error`` is the traceback text, ``summary`` its last line."""
+
+    task_id: int
+    failed: bool
+    value: bytes
+    error: str = ""
+    summary: str = ""
+
+
+FromWorker = Ready | Progress | BookReply | Trimmed | BookDump | Fatal | Applying | TaskStarted | TaskDone
 
 
 def frame_header(payload_size: int) -> bytes:

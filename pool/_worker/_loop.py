@@ -34,7 +34,9 @@ from pool._wire._protocol import (
     MarkStale,
     Progress,
     Rebuild,
+    RunTask,
     Stop,
+    TaskStarted,
     ToWorker,
     Trim,
     Trimmed,
@@ -57,6 +59,7 @@ from pool.models import (
 )
 
 from ._handlers import HandlerTable
+from ._tasks import run_task
 
 __all__ = ["WorkerLoop"]
 
@@ -149,6 +152,10 @@ class WorkerLoop:
                 case Rebuild(books, stale):
                     self._rebuild(books, stale)
                     self._report()
+                case RunTask():
+                    conn.send_bytes(self._encoder.encode(TaskStarted(message.task_id)))
+                    done = run_task(message, self._store.books, self._id)
+                    conn.send_bytes(self._encoder.encode(done))
                 case MarkStale(asset_ids):
                     self._store.mark_stale(asset_ids)
                     self._report()

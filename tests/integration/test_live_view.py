@@ -56,6 +56,14 @@ def test_one_row_per_worker_and_a_restart_shows_while_the_run_goes_on() -> None:
         new_pid = pool.get_status().workers[1].pid
         row = next(line.split() for line in text.splitlines() if line.split()[:2] == ["1", str(new_pid)])
         assert row[2] == "running" and row[-1] == "1"  # the restarts column
+        assert "OrderBook(" in pool.submit(market.asset_ids[0], repr).result(timeout=10)
+        text = rendered(view, pool)
+        assert "tasks 1 done, 0 failed" in text
+        assert sorted(line.split()[-2] for line in text.splitlines() if line.split()[2:3] == ["running"]) == [
+            "0/0",
+            "0/0",
+            "0/1",
+        ]  # the tasks column: waiting or running / done, per worker
         pool.attach_feed("polymarket", lambda: feed_status(connected=False))
         text = rendered(view, pool)
         line = next(line for line in text.splitlines() if line.startswith("feed polymarket"))

@@ -31,6 +31,7 @@ from tests.performance import (
     bench_publish,
     bench_recovery,
     bench_soak,
+    bench_tasks,
     bench_throughput,
 )
 
@@ -47,6 +48,7 @@ _FULL: dict[str, list[str]] = {
     "parent memory under backlog": ["--messages", "200000", "1000000"],
     "recovery": ["--books", "1000", "--kills", "5"],
     "lifecycle": ["--workers", "4", "--cycles", "1000"],
+    "tasks": ["--books", "1000", "--rate", "20000", "--tasks", "5000", "--samples", "1000"],
 }
 _SMOKE: dict[str, list[str]] = {
     "throughput, 2 workers": ["--workers", "2", "--messages", "3000", "--books", "50", "--repeat", "1"],
@@ -57,6 +59,7 @@ _SMOKE: dict[str, list[str]] = {
     "recovery": ["--books", "50", "--kills", "1"],
     "lifecycle": ["--workers", "2", "--cycles", "2"],
     "soak": ["--seconds", "2", "--every", "0.5", "--rate", "2000"],
+    "tasks": ["--books", "50", "--rate", "2000", "--tasks", "200", "--samples", "50"],
 }
 _RUNNERS: dict[str, Callable[[list[str]], Any]] = {
     "throughput": bench_throughput.main,
@@ -67,6 +70,7 @@ _RUNNERS: dict[str, Callable[[list[str]], Any]] = {
     "recovery": bench_recovery.main,
     "lifecycle": bench_lifecycle.main,
     "soak": bench_soak.main,
+    "tasks": bench_tasks.main,
 }
 
 

@@ -11,7 +11,9 @@ import pytest
 
 PACKAGES = ["pool", "pool.models", "pool.monitors", "pool.feeds"]
 # Names a package re-exports for convenience from the package that defines them.
-REEXPORTS = {"pool": {"PoolConfig": "pool.models"}}
+REEXPORTS = {
+    "pool": {name: "pool.models" for name in ("PoolConfig", "TaskPriority", "TaskState", "TaskStatus")},
+}
 ROOT = Path(__file__).parents[2]
 SHORT_NAMES = {"models", "monitors", "feeds"}
 
