@@ -162,6 +162,11 @@ class TaskBoard:
             if task.done or task.sent:
                 return False
             self._end(task, TaskState.CANCELLED, failure=TaskCancelledError(f"task {task.task_id} was cancelled"))
+            # Cancelled tasks leave the heap when they reach its top; a caller that submits and cancels while
+            # the worker is busy would otherwise grow it without bound.
+            if 2 * self.unfinished < len(self._waiting):
+                self._waiting = [entry for entry in self._waiting if not entry[2].done]
+                heapq.heapify(self._waiting)
             return True
 
     def requeued(self, task_id: int, make_error: Callable[[int], BaseException]) -> bool:

@@ -218,7 +218,7 @@ class TestBooksAreExact:
         with PersistentWorkerPool(config()) as pool:
             pool.publish(snapshots)
             pool.publish(mixed)
-            pool.wait_for_completion(timeout=30)  # the old name of flush
+            assert pool.wait_for_completion(timeout=30)
             status = pool.get_status()
             assert status.frames_rejected == len(bad)
             assert status.frames_unroutable == len(ignorable)
