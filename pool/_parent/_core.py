@@ -131,6 +131,7 @@ class PoolCore:
             with anyio.CancelScope(shield=True):
                 for process in list(launcher.live):
                     await process.kill_and_reap()
+                await launcher.close()
             for slot in self.slots:
                 self._settle(slot)
             assert self.publisher is not None
@@ -166,8 +167,8 @@ class PoolCore:
             raise PoolClosedError(f"the pool is {self.state.value}; create a new PersistentWorkerPool")
 
     async def _start_workers(self, launcher: Launcher) -> None:
-        # Spawned together, then handshaken in turn: the workers boot in parallel.
-        processes = [launcher.spawn(slot.worker_id) for slot in self.slots]
+        # Launched together, then handshaken in turn: the workers boot in parallel.
+        processes = [await launcher.launch(slot.worker_id) for slot in self.slots]
         for slot, process in zip(self.slots, processes, strict=True):
             await process.handshake()
             slot.process = process

@@ -26,7 +26,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 import anyio.abc
@@ -63,7 +63,7 @@ from ._channel import Channel
 from ._factories import PreparedFactory
 from ._slot import QueueItem, Slot
 
-__all__ = ["TERMINATE_GRACE", "Launcher", "WorkerProcess", "describe_exit", "explain_exit"]
+__all__ = ["TERMINATE_GRACE", "ChildProcess", "Launcher", "Runner", "WorkerProcess", "describe_exit", "explain_exit"]
 
 # How long a worker may take to die after SIGTERM before it gets SIGKILL. Short: by then it has already
 # ignored a graceful Stop for the whole shutdown_timeout.
@@ -82,8 +82,65 @@ class _Sent:
     end_seq: int = 0
 
 
+class ChildProcess:
+    """A worker run as a child process of this one (the ``process`` backend): what `WorkerProcess` needs of
+    the process itself. The Ray backend's `pool._parent._ray.RayActor` offers the same."""
+
+    def __init__(self, popen: subprocess.Popen[bytes]) -> None:
+        self._popen = popen
+        self.pid = popen.pid
+
+    @property
+    def returncode(self) -> int | None:
+        """The exit code once reaped (negative: killed by that signal), else ``None``."""
+        return self._popen.returncode
+
+    def kill(self) -> None:
+        self._popen.kill()
+
+    def terminate(self) -> None:
+        self._popen.terminate()
+
+    def wait(self) -> int:
+        """Reap it, blocking until it has exited; its exit code."""
+        return self._popen.wait()
+
+    async def exited(self) -> None:
+        """Return once it has exited (a pidfd, so an exit of any kind is seen at once, not on a poll)."""
+        try:
+            pidfd = os.pidfd_open(self.pid)
+        except (AttributeError, OSError):  # not Linux 5.3+: a thread waits instead
+            await anyio.to_thread.run_sync(self._popen.wait, abandon_on_cancel=True)
+        else:
+            try:
+                await anyio.wait_readable(pidfd)
+            finally:
+                os.close(pidfd)
+
+
+class Runner(Protocol):
+    """A worker's process as `WorkerProcess` drives it, whichever backend started it."""
+
+    pid: int
+
+    @property
+    def returncode(self) -> int | None: ...
+
+    def kill(self) -> None: ...
+
+    def terminate(self) -> None: ...
+
+    def wait(self) -> int: ...
+
+    async def exited(self) -> None: ...
+
+
 class Launcher:
-    """Starts the pool's worker processes; the one place that knows the command line and the `Boot`."""
+    """Starts the pool's worker processes; the one place that knows the command line and the `Boot`.
+
+    The ``process`` backend's: a subclass starts workers elsewhere (`pool._parent._ray.RayLauncher`) by
+    overriding `launch`; everything after the channel is open is shared.
+    """
 
     def __init__(
         self, config: PoolConfig, factory: PreparedFactory | None, log: Any, emit: Callable[[PoolEvent], None]
@@ -115,6 +172,14 @@ class Launcher:
             raise
         finally:
             child_sock.close()  # the child has its own copy; ours would hide the child's exit from the reader
+        return self.adopt(worker_id, ChildProcess(popen), parent_sock)
+
+    async def launch(self, worker_id: int) -> WorkerProcess:
+        """Start a worker for slot ``worker_id`` with its channel open; it then boots (`handshake`)."""
+        return self.spawn(worker_id)
+
+    def adopt(self, worker_id: int, runner: Runner, sock: socket.socket) -> WorkerProcess:
+        """The `WorkerProcess` of a started ``runner`` whose channel is ``sock``; tracked until reaped."""
         boot = Boot(
             worker_id=worker_id,
             worker_count=self._config.worker_count,
@@ -126,20 +191,23 @@ class Launcher:
             if self._config.worker_memory_limit_mb is None
             else int(self._config.worker_memory_limit_mb * 1024 * 1024),
         )
-        process = WorkerProcess(worker_id, popen, parent_sock, boot, self._config, self._log, self._emit)
+        process = WorkerProcess(worker_id, runner, sock, boot, self._config, self._log, self._emit)
         process.on_reaped = self.live.discard
         self.live.add(process)
         return process
 
     async def start(self, worker_id: int) -> WorkerProcess:
-        """`spawn` and `WorkerProcess.handshake`: a process that is ready for frames.
+        """`launch` and `WorkerProcess.handshake`: a process that is ready for frames.
 
         Raises:
             WorkerStartupError: it did not become ready; it has been killed and reaped.
         """
-        process = self.spawn(worker_id)
+        process = await self.launch(worker_id)
         await process.handshake()
         return process
+
+    async def close(self) -> None:
+        """Release what the launcher holds once every worker is reaped (nothing, for child processes)."""
 
 
 class WorkerProcess:
@@ -148,7 +216,7 @@ class WorkerProcess:
     def __init__(
         self,
         worker_id: int,
-        popen: subprocess.Popen[bytes],
+        runner: Runner,
         sock: socket.socket,
         boot: Boot,
         config: PoolConfig,
@@ -156,12 +224,12 @@ class WorkerProcess:
         emit: Callable[[PoolEvent], None],
     ) -> None:
         self.worker_id = worker_id
-        self.pid = popen.pid
-        self._popen = popen
+        self.pid = runner.pid
+        self._runner = runner
         self._channel = Channel(sock)
         self._boot: Boot | None = boot
         self._config = config
-        self._log = log.bind(worker_id=worker_id, pid=popen.pid)
+        self._log = log.bind(worker_id=worker_id, pid=runner.pid)
         self._emit = emit
         self._encoder = msgspec.msgpack.Encoder()
         self._decoder: msgspec.msgpack.Decoder[FromWorker] = msgspec.msgpack.Decoder(FromWorker)
@@ -388,16 +456,8 @@ class WorkerProcess:
 
     async def _wait_exit(self) -> None:
         """Return once the process has exited and been reaped (``exit_code`` set)."""
-        try:
-            pidfd = os.pidfd_open(self.pid)
-        except (AttributeError, OSError):  # not Linux 5.3+: a thread waits instead
-            await anyio.to_thread.run_sync(self._popen.wait, abandon_on_cancel=True)
-        else:
-            try:
-                await anyio.wait_readable(pidfd)
-            finally:
-                os.close(pidfd)
-        self.exit_code = self._popen.wait()
+        await self._runner.exited()
+        self.exit_code = self._runner.wait()
         self.on_reaped(self)
 
     def _unfinished(self) -> list[QueueItem]:
@@ -428,9 +488,9 @@ class WorkerProcess:
 
     def kill(self, reason: ExitReason) -> None:
         """SIGKILL the process; the watcher records the exit with ``reason`` (hang, operator, memory...)."""
-        if self._popen.returncode is None:
+        if self._runner.returncode is None:
             self._kill_reason = self._kill_reason or reason
-            self._popen.kill()
+            self._runner.kill()
 
     def stop_gracefully(self) -> None:
         """The pool is stopping: an exit from now on is a shutdown, whatever its code."""
@@ -438,18 +498,18 @@ class WorkerProcess:
 
     def terminate(self) -> None:
         """Send SIGTERM (the pool sends SIGKILL after `TERMINATE_GRACE` if the worker ignores it)."""
-        if self._popen.returncode is None:
+        if self._runner.returncode is None:
             self._log.warning("worker_terminating")
             self._kill_reason = ExitReason.SHUTDOWN
-            self._popen.terminate()
+            self._runner.terminate()
 
     async def kill_and_reap(self) -> None:
         """SIGKILL and reap (when a start fails, after a refused SIGTERM, and when the pool ends)."""
-        if self._popen.returncode is None:
+        if self._runner.returncode is None:
             self._kill_reason = self._kill_reason or ExitReason.SHUTDOWN
-            self._popen.kill()
-            await anyio.to_thread.run_sync(self._popen.wait)
-        self.exit_code = self._popen.returncode
+            self._runner.kill()
+            await anyio.to_thread.run_sync(self._runner.wait)
+        self.exit_code = self._runner.returncode
         self.on_reaped(self)
         await self.close()
 
