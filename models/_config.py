@@ -14,6 +14,7 @@ __all__ = ["PoolConfig"]
 StartMethod = Literal["spawn"]
 _RETIRED_START_METHODS = {"fork", "forkserver"}
 MemoryPolicy = Literal["recycle", "restart", "callback"]
+Backend = Literal["process", "ray"]
 
 _DAY = 86_400.0
 
@@ -39,6 +40,7 @@ _RANGES: dict[str, tuple[type, float, float, bool]] = {
     "task_max_retries": (int, 0, 100, True),
     "max_pending_tasks": (int, 1, 100_000_000, True),
     "task_window": (int, 1, 1_000_000, True),
+    "ray_num_cpus": (float, 0.0, 1024.0, True),
 }
 
 
@@ -84,6 +86,12 @@ class PoolConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
         task_window: tasks sent ahead to a worker, at most; the others wait in the parent by priority. Wider
             pipelines more small tasks (each costs a round trip); narrower lets priorities and `cancel` act
             on more of the tasks waiting (1: strictly by priority, one round trip per task).
+        backend: where the workers run: ``process`` (child processes of this one) or ``ray`` (one Ray actor
+            per worker, spread over the cluster's nodes; the ``ray`` extra).
+        ray_address: the cluster to join under ``ray`` (``ray.init(address=...)``: ``"auto"``, or
+            ``"ray://host:10001"``); ``None`` starts a local one, unless Ray is initialised already.
+        ray_namespace: the Ray namespace of the pool's actors (``None``: Ray's default).
+        ray_num_cpus: the CPUs each worker's actor reserves (what places one shard per CPU).
     """
 
     worker_count: int = msgspec.field(default_factory=lambda: os.cpu_count() or 4)
@@ -107,6 +115,10 @@ class PoolConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     task_max_retries: int = 1
     max_pending_tasks: int = 10_000
     task_window: int = 8
+    backend: Backend = "process"
+    ray_address: str | None = None
+    ray_namespace: str | None = None
+    ray_num_cpus: float = 1.0
 
     def __post_init__(self) -> None:
         for name, (kind, low, high, low_inclusive) in _RANGES.items():
@@ -125,7 +137,7 @@ class PoolConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
                 "through the pool's own entry point, so they never run your __main__ again (multiprocessing's "
                 f"{self.start_method!r} cannot promise that); leave start_method unset"
             )
-        for name, allowed in (("start_method", StartMethod), ("memory_policy", MemoryPolicy)):
+        for name, allowed in (("start_method", StartMethod), ("memory_policy", MemoryPolicy), ("backend", Backend)):
             choices = get_args(allowed)
             if getattr(self, name) not in choices:
                 raise ValueError(

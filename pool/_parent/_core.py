@@ -82,7 +82,9 @@ class PoolCore:
             Slot(worker_id, changes, self.config.task_max_retries, self.config.task_window)
             for worker_id in range(self.config.worker_count)
         ]
-        launcher = self._launcher = Launcher(self.config, self._factory, self._worker_log, self.events.emit)
+        launcher = self._launcher = _launcher_class(self.config)(
+            self.config, self._factory, self._worker_log, self.events.emit
+        )
         self.publisher = Publisher(
             self.slots, self.router, self.config.max_pending_messages, waker, changes, self.events, self._log
         )
@@ -218,3 +220,12 @@ class PoolCore:
             await anyio.sleep(LOG_INTERVAL)
             self.publisher.release_logs()
             self.events.release_logs()
+
+
+def _launcher_class(config: PoolConfig) -> type[Launcher]:
+    """The launcher of ``config.backend``: Ray's is imported only when asked for."""
+    if config.backend == "ray":
+        from ._ray import RayLauncher
+
+        return RayLauncher
+    return Launcher

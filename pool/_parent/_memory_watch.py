@@ -98,7 +98,8 @@ class MemoryWatch:
             targets = [
                 (slot.worker_id, slot.process.pid, slot.process.stats.orderbook_count if slot.process.stats else 0)
                 for slot in self._slots
-                if slot.state is WorkerState.RUNNING and slot.process is not None
+                # A worker on another host (the Ray backend) cannot be sampled from here by its pid.
+                if slot.state is WorkerState.RUNNING and slot.process is not None and slot.process.local
             ]
             near = False
             for info in await self._monitor.check_workers(targets):

@@ -86,6 +86,8 @@ class ChildProcess:
     """A worker run as a child process of this one (the ``process`` backend): what `WorkerProcess` needs of
     the process itself. The Ray backend's `pool._parent._ray.RayActor` offers the same."""
 
+    local = True  # on this host: the memory watch samples it by pid
+
     def __init__(self, popen: subprocess.Popen[bytes]) -> None:
         self._popen = popen
         self.pid = popen.pid
@@ -122,6 +124,7 @@ class Runner(Protocol):
     """A worker's process as `WorkerProcess` drives it, whichever backend started it."""
 
     pid: int
+    local: bool  # on this host, so that ``pid`` names it here
 
     @property
     def returncode(self) -> int | None: ...
@@ -225,6 +228,7 @@ class WorkerProcess:
     ) -> None:
         self.worker_id = worker_id
         self.pid = runner.pid
+        self.local = runner.local
         self._runner = runner
         self._channel = Channel(sock)
         self._boot: Boot | None = boot

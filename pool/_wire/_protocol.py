@@ -18,6 +18,7 @@ import msgspec
 from pool.models import BookView, WorkerStats
 
 __all__ = [
+    "HELLO",
     "MAX_BATCH_BYTES",
     "MAX_BATCH_FRAMES",
     "MAX_FRAME_BYTES",
@@ -50,6 +51,9 @@ __all__ = [
 
 _HEADER = struct.Struct("!i")
 HEADER_SIZE = _HEADER.size
+# What a worker that connects to the pool (the Ray backend's actors) sends first: the token the pool gave
+# it when it launched it, so the pool knows which launch the connection answers, and the worker's pid.
+HELLO = struct.Struct("!16sq")
 # The largest frame `publish` accepts. A channel message carries at most 2 GiB - 1 (the length prefix is
 # a signed 32-bit int, as in `multiprocessing.connection`); half of it leaves room for the batch around it.
 MAX_FRAME_BYTES = 1 << 30

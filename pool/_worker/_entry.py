@@ -29,7 +29,7 @@ from pool._wire._tally import Tally
 
 from ._loop import WorkerLoop
 
-__all__ = ["main"]
+__all__ = ["main", "serve"]
 
 
 def main() -> None:
@@ -39,7 +39,12 @@ def main() -> None:
     # Our end of the channel must not leak into processes a handler starts: a child that held it would
     # keep the channel open after this worker died.
     os.set_inheritable(fd, False)
-    conn = Connection(socket.socket(fileno=fd).detach())
+    serve(Connection(socket.socket(fileno=fd).detach()))
+
+
+def serve(conn: Connection) -> None:
+    """Be a worker over ``conn``: read `Boot`, build the handler, say `Ready`, and run the loop until told
+    to stop or the channel ends. A Ray actor calls this too, over the connection it opened to the pool."""
     encoder = msgspec.msgpack.Encoder()
     try:
         boot = msgspec.msgpack.decode(conn.recv_bytes(), type=Boot)

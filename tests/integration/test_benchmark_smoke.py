@@ -24,6 +24,7 @@ def test_suite_runs_and_writes_its_report(tmp_path: Path) -> None:
         "lifecycle",
         "soak",
         "tasks",
+        "ray backend",
     )
     for section in sections:
         assert f"## {section}" in report
@@ -39,6 +40,7 @@ def test_suite_runs_and_writes_its_report(tmp_path: Path) -> None:
     assert "sync one-frame / old Queue design:" in report
     assert "shard balance, share of messages per worker:" in report
     assert "| worker 1 (USS) |" in report  # the soak samples every worker
+    assert "ray / process:" in report and "node removal to books rebuilt" in report
     assert "| task: submit(asset, fn), run by the book |" in report and "tasks completed: 250, failed: 0" in report
     leftovers = report.split("left after the cycles: children, fds, threads, RSS growth | ")[1].split(",")[:3]
     children, fds, threads = (int(value) for value in leftovers)

@@ -29,6 +29,7 @@ from tests.performance import (
     bench_lifecycle,
     bench_memory,
     bench_publish,
+    bench_ray,
     bench_recovery,
     bench_soak,
     bench_tasks,
@@ -49,6 +50,7 @@ _FULL: dict[str, list[str]] = {
     "recovery": ["--books", "1000", "--kills", "5"],
     "lifecycle": ["--workers", "4", "--cycles", "1000"],
     "tasks": ["--books", "1000", "--rate", "20000", "--tasks", "5000", "--samples", "1000"],
+    "ray backend": ["--messages", "100000", "--repeat", "3"],
 }
 _SMOKE: dict[str, list[str]] = {
     "throughput, 2 workers": ["--workers", "2", "--messages", "3000", "--books", "50", "--repeat", "1"],
@@ -60,6 +62,7 @@ _SMOKE: dict[str, list[str]] = {
     "lifecycle": ["--workers", "2", "--cycles", "2"],
     "soak": ["--seconds", "2", "--every", "0.5", "--rate", "2000"],
     "tasks": ["--books", "50", "--rate", "2000", "--tasks", "200", "--samples", "50"],
+    "ray backend": ["--messages", "2000", "--books", "50", "--repeat", "1"],
 }
 _RUNNERS: dict[str, Callable[[list[str]], Any]] = {
     "throughput": bench_throughput.main,
@@ -71,6 +74,7 @@ _RUNNERS: dict[str, Callable[[list[str]], Any]] = {
     "lifecycle": bench_lifecycle.main,
     "soak": bench_soak.main,
     "tasks": bench_tasks.main,
+    "ray backend": bench_ray.main,
 }
 
 
