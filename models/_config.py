@@ -15,6 +15,7 @@ StartMethod = Literal["spawn"]
 _RETIRED_START_METHODS = {"fork", "forkserver"}
 MemoryPolicy = Literal["recycle", "restart", "callback"]
 Backend = Literal["process", "ray"]
+PlacementStrategy = Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"]
 
 _DAY = 86_400.0
 
@@ -92,6 +93,10 @@ class PoolConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
             ``"ray://host:10001"``); ``None`` starts a local one, unless Ray is initialised already.
         ray_namespace: the Ray namespace of the pool's actors (``None``: Ray's default).
         ray_num_cpus: the CPUs each worker's actor reserves (what places one shard per CPU).
+        ray_placement_group: reserve the workers' CPUs up front in a Ray placement group of one bundle per
+            worker, with this strategy (``STRICT_SPREAD``: each worker on its own node); a slot's
+            replacement takes its bundle. ``None`` (the default): no reservation, each actor is placed with
+            the ``SPREAD`` scheduling strategy, and a replacement goes to any node with a free CPU.
     """
 
     worker_count: int = msgspec.field(default_factory=lambda: os.cpu_count() or 4)
@@ -119,6 +124,7 @@ class PoolConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     ray_address: str | None = None
     ray_namespace: str | None = None
     ray_num_cpus: float = 1.0
+    ray_placement_group: PlacementStrategy | None = None
 
     def __post_init__(self) -> None:
         for name, (kind, low, high, low_inclusive) in _RANGES.items():
@@ -137,12 +143,21 @@ class PoolConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
                 "through the pool's own entry point, so they never run your __main__ again (multiprocessing's "
                 f"{self.start_method!r} cannot promise that); leave start_method unset"
             )
-        for name, allowed in (("start_method", StartMethod), ("memory_policy", MemoryPolicy), ("backend", Backend)):
-            choices = get_args(allowed)
+        for name, choices in (
+            ("start_method", get_args(StartMethod)),
+            ("memory_policy", get_args(MemoryPolicy)),
+            ("backend", get_args(Backend)),
+            ("ray_placement_group", (*get_args(PlacementStrategy), None)),
+        ):
             if getattr(self, name) not in choices:
                 raise ValueError(
                     f"PoolConfig.{name} must be one of {', '.join(map(repr, choices))}, got {getattr(self, name)!r}"
                 )
+        if self.ray_placement_group is not None and self.ray_num_cpus == 0:
+            raise ValueError(
+                "PoolConfig.ray_placement_group reserves ray_num_cpus CPUs a worker, so it needs ray_num_cpus > 0 "
+                "(got 0); raise ray_num_cpus or leave ray_placement_group unset"
+            )
 
     @property
     def effective_heartbeat_timeout(self) -> float:

@@ -157,7 +157,8 @@ class WorkerStats(msgspec.Struct, frozen=True, kw_only=True):
     for owned assets with no book yet. ``processing_time_ms`` is the time spent decoding and applying
     batches, summed (wall time: it includes any time the process was not scheduled).
     ``batch_seconds_buckets`` counts batches by that time, per bucket of `BATCH_SECONDS_BOUNDS` (not
-    cumulative; the last bucket is above the last bound).
+    cumulative; the last bucket is above the last bound). ``memory_usage_bytes`` is the worker's RSS;
+    ``private_memory_bytes`` its USS, when the worker measures it itself (the Ray backend), else ``None``.
     """
 
     worker_id: int
@@ -178,6 +179,7 @@ class WorkerStats(msgspec.Struct, frozen=True, kw_only=True):
     stale_books: int = 0
     applied_seq: int = 0
     batch_seconds_buckets: list[int] = msgspec.field(default_factory=_empty_buckets)
+    private_memory_bytes: int | None = None
 
     @property
     def avg_processing_time_us(self) -> float:

@@ -3,10 +3,10 @@
 Imports `models` only; it observes pids and numbers it is handed and never touches a process.
 """
 
-from ._memory import CallbackHandle, MemoryInfo, MemoryMonitor, SystemMemoryInfo
+from ._memory import CallbackHandle, MemoryInfo, MemoryMonitor, SystemMemoryInfo, WorkerTarget
 
-__all__ = ["CallbackHandle", "MemoryInfo", "MemoryMonitor", "SystemMemoryInfo"]
+__all__ = ["CallbackHandle", "MemoryInfo", "MemoryMonitor", "SystemMemoryInfo", "WorkerTarget"]
 
-for _name in __all__:
+for _name in ("CallbackHandle", "MemoryInfo", "MemoryMonitor", "SystemMemoryInfo"):  # a type alias has no module
     globals()[_name].__module__ = __name__
 del _name

@@ -35,7 +35,9 @@ _MB = 1024 * 1024
 # threshold, so a value hovering at the threshold does not fire on every sample.
 HYSTERESIS = 0.05
 
-WorkerTarget: TypeAlias = tuple[int, int, int]  # (worker_id, pid, books)
+# (worker_id, pid, books), or with a fourth item, the worker's USS as measured where it runs (a process on
+# another host cannot be sampled here by its pid).
+WorkerTarget: TypeAlias = tuple[int, int, int] | tuple[int, int, int, int]
 
 
 class MemoryInfo(msgspec.Struct, frozen=True, kw_only=True):
@@ -85,7 +87,8 @@ class MemoryMonitor:
     """Samples worker and system memory and fires callbacks when a ratio crosses their threshold.
 
     Used by `PersistentWorkerPool` (as ``pool.memory_monitor``), or on its own: call `check_workers` with
-    ``(worker_id, pid, books)`` targets and `check_system` at the interval you like.
+    ``(worker_id, pid, books)`` targets (or ``(worker_id, pid, books, uss_bytes)`` for a process measured
+    elsewhere) and `check_system` at the interval you like.
 
     Args:
         memory_mb_per_1000_books: a worker's cap is this many MB per 1000 books it holds, at least 1000.
@@ -146,21 +149,25 @@ class MemoryMonitor:
         self._handles.append(handle)
         return handle
 
-    def sample(self, worker_id: int, pid: int, books: int) -> MemoryInfo | None:
-        """One worker's memory now (``None`` if the process is gone). Does not fire callbacks."""
-        try:
-            used = int(psutil.Process(pid).memory_full_info().uss)
-        except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
-            return None
+    def sample(self, worker_id: int, pid: int, books: int, uss_bytes: int | None = None) -> MemoryInfo | None:
+        """One worker's memory now (``None`` if the process is gone). Does not fire callbacks.
+
+        ``uss_bytes``: the USS the worker measured itself (it runs on another host), held to the cap as is.
+        """
+        if uss_bytes is None:
+            try:
+                uss_bytes = int(psutil.Process(pid).memory_full_info().uss)
+            except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
+                return None
         self.samples += 1
         cap = self.cap_bytes(books)
         info = MemoryInfo(
             worker_id=worker_id,
             pid=pid,
             books=books,
-            bytes_used=used,
+            bytes_used=uss_bytes,
             cap_bytes=cap,
-            ratio=used / cap,
+            ratio=uss_bytes / cap,
             threshold_ratio=1.0,
             rising=True,
         )

@@ -33,10 +33,11 @@ import anyio.abc
 from pool._exceptions import BrokenWorkerError
 from pool._wire._protocol import Trim
 from pool.models import ExitReason, MemoryStatus, PoolConfig, PoolEvent, PoolEventKind, WorkerState
-from pool.monitors import MemoryInfo, MemoryMonitor, SystemMemoryInfo
+from pool.monitors import MemoryInfo, MemoryMonitor, SystemMemoryInfo, WorkerTarget
 
 from ._changes import Changes
 from ._events import EventHub
+from ._process import WorkerProcess
 from ._slot import Slot
 from ._supervisor import Supervisor
 
@@ -96,10 +97,11 @@ class MemoryWatch:
         while True:
             self.memory = memory_status(await self._monitor.check_system())
             targets = [
-                (slot.worker_id, slot.process.pid, slot.process.stats.orderbook_count if slot.process.stats else 0)
+                target
                 for slot in self._slots
-                # A worker on another host (the Ray backend) cannot be sampled from here by its pid.
-                if slot.state is WorkerState.RUNNING and slot.process is not None and slot.process.local
+                if slot.state is WorkerState.RUNNING
+                and slot.process is not None
+                and (target := _target(slot.process, slot.book_count)) is not None
             ]
             near = False
             for info in await self._monitor.check_workers(targets):
@@ -127,8 +129,8 @@ class MemoryWatch:
         process = slot.process
         if process is None or slot.state is not WorkerState.RUNNING:
             return
-        books = process.stats.orderbook_count if process.stats else slot.book_count
-        info = self._monitor.sample(slot.worker_id, process.pid, books)
+        target = _target(process, slot.book_count)
+        info = None if target is None else self._monitor.sample(*target)
         if info is None or info.ratio < self._act_at:
             return
         slot.recycling_futile = True
@@ -169,7 +171,8 @@ class MemoryWatch:
                 # leaking worker grow past its cap meanwhile.
                 await self.give_back(slot, _TRIM_TIMEOUT)
                 process = slot.process
-                again = self._monitor.sample(slot.worker_id, info.pid, info.books)
+                target = None if process is None else _target(process, info.books)
+                again = None if target is None else self._monitor.sample(*target)
                 how = " after giving memory back"
             if again is None or process is None or again.pid != process.pid:
                 return  # it exited meanwhile; the supervisor has it
@@ -204,3 +207,16 @@ class MemoryWatch:
             return  # given up meanwhile (not for memory: a slot is never failed for that)
         finally:
             self._acting.discard(slot.worker_id)
+
+
+def _target(process: WorkerProcess, books: int) -> WorkerTarget | None:
+    """What the monitor samples ``process`` by: its pid here, or the USS it last reported (a worker that
+    measures its own memory, such as a Ray actor, whose pid names nothing on this host); ``None`` before
+    its first report. ``books`` stands in for the count until the worker has reported one."""
+    stats = process.stats
+    books = stats.orderbook_count if stats else books
+    if not process.measures_memory:
+        return (process.worker_id, process.pid, books)
+    if stats is None or stats.private_memory_bytes is None:
+        return None
+    return (process.worker_id, process.pid, books, stats.private_memory_bytes)

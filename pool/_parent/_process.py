@@ -86,8 +86,6 @@ class ChildProcess:
     """A worker run as a child process of this one (the ``process`` backend): what `WorkerProcess` needs of
     the process itself. The Ray backend's `pool._parent._ray.RayActor` offers the same."""
 
-    local = True  # on this host: the memory watch samples it by pid
-
     def __init__(self, popen: subprocess.Popen[bytes]) -> None:
         self._popen = popen
         self.pid = popen.pid
@@ -124,7 +122,6 @@ class Runner(Protocol):
     """A worker's process as `WorkerProcess` drives it, whichever backend started it."""
 
     pid: int
-    local: bool  # on this host, so that ``pid`` names it here
 
     @property
     def returncode(self) -> int | None: ...
@@ -144,6 +141,10 @@ class Launcher:
     The ``process`` backend's: a subclass starts workers elsewhere (`pool._parent._ray.RayLauncher`) by
     overriding `launch`; everything after the channel is open is shared.
     """
+
+    # Whether the workers measure their own memory: the memory watch samples a child by its pid, which
+    # names nothing on another host.
+    workers_measure_memory = False
 
     def __init__(
         self, config: PoolConfig, factory: PreparedFactory | None, log: Any, emit: Callable[[PoolEvent], None]
@@ -193,6 +194,7 @@ class Launcher:
             data_limit_bytes=None
             if self._config.worker_memory_limit_mb is None
             else int(self._config.worker_memory_limit_mb * 1024 * 1024),
+            memory_interval=self._config.memory_check_interval if self.workers_measure_memory else None,
         )
         process = WorkerProcess(worker_id, runner, sock, boot, self._config, self._log, self._emit)
         process.on_reaped = self.live.discard
@@ -228,7 +230,9 @@ class WorkerProcess:
     ) -> None:
         self.worker_id = worker_id
         self.pid = runner.pid
-        self.local = runner.local
+        # True when the worker reports its own USS (`WorkerStats.private_memory_bytes`) rather than being
+        # sampled here by its pid.
+        self.measures_memory = boot.memory_interval is not None
         self._runner = runner
         self._channel = Channel(sock)
         self._boot: Boot | None = boot

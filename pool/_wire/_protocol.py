@@ -74,6 +74,8 @@ class Boot(msgspec.Struct, tag=True, array_like=True):
     handler; ``factory_takes_worker_id`` says whether to call it with the worker id. ``sys_path`` is the
     parent's, so a factory pickled by reference imports in the worker exactly as it did in the parent.
     ``data_limit_bytes`` is the ``RLIMIT_DATA`` the worker sets on itself before it builds anything.
+    ``memory_interval`` asks the worker to measure its own USS that often and report it (a worker the
+    parent cannot sample by pid, such as a Ray actor on another host); ``None``: the parent samples it.
     """
 
     worker_id: int
@@ -83,6 +85,7 @@ class Boot(msgspec.Struct, tag=True, array_like=True):
     factory_takes_worker_id: bool
     sys_path: list[str]
     data_limit_bytes: int | None = None
+    memory_interval: float | None = None
 
 
 class Batch(msgspec.Struct, tag=True, array_like=True):

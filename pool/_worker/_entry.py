@@ -42,15 +42,21 @@ def main() -> None:
     serve(Connection(socket.socket(fileno=fd).detach()))
 
 
-def serve(conn: Connection) -> None:
+def serve(conn: Connection, *, keep_own_path: bool = False) -> None:
     """Be a worker over ``conn``: read `Boot`, build the handler, say `Ready`, and run the loop until told
-    to stop or the channel ends. A Ray actor calls this too, over the connection it opened to the pool."""
+    to stop or the channel ends. A Ray actor calls this too, over the connection it opened to the pool.
+
+    The parent's ``sys.path`` goes first, so a factory pickled by reference imports as it did there. A
+    child process has the parent's interpreter and takes that path as is; a Ray actor (``keep_own_path``)
+    may be on another host, whose installation is behind entries that name nothing there, so it keeps
+    its own entries after the parent's.
+    """
     encoder = msgspec.msgpack.Encoder()
     try:
         boot = msgspec.msgpack.decode(conn.recv_bytes(), type=Boot)
     except (EOFError, OSError):
         return  # the parent gave up on us before we were told who we are
-    sys.path[:] = boot.sys_path
+    sys.path[:] = [*boot.sys_path, *(entry for entry in sys.path if keep_own_path and entry not in boot.sys_path)]
     tally = Tally()
     stage = "limit"
     try:

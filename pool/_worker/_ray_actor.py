@@ -28,4 +28,4 @@ class WorkerActor:
         sock.settimeout(None)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # acknowledgements are small and urgent
         sock.sendall(HELLO.pack(token, os.getpid()))
-        serve(Connection(sock.detach()))
+        serve(Connection(sock.detach()), keep_own_path=True)

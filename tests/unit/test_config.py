@@ -39,6 +39,8 @@ class TestPoolConfig:
             ({"start_method": "thread"}, ValueError, "start_method must be one of 'spawn'"),
             ({"start_method": "forkserver"}, ValueError, "never run your __main__ again"),
             ({"memory_policy": "panic"}, ValueError, "memory_policy must be one of"),
+            ({"ray_placement_group": "spread"}, ValueError, "ray_placement_group must be one of 'PACK', 'SPREAD'"),
+            ({"ray_placement_group": "PACK", "ray_num_cpus": 0}, ValueError, "needs ray_num_cpus > 0"),
         ],
     )
     def test_invalid_values_raise_at_construction(

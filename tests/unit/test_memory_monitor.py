@@ -29,6 +29,18 @@ class TestCaps:
         assert info.cap_bytes == 200 * MB and info.ratio == pytest.approx(info.bytes_used / info.cap_bytes)
         assert monitor.sample(0, 2**22 + 12345, 1) is None
 
+    def test_memory_measured_elsewhere_is_held_to_the_cap_as_reported(self) -> None:
+        """A process on another host reports its own USS: that figure is used as is (its pid names nothing
+        here), and a target with it fires the callbacks like a sampled one."""
+        monitor = MemoryMonitor()
+        remote_pid = 2**22 + 12345  # no such process on this host
+        info = monitor.sample(3, remote_pid, 500, uss_bytes=150 * MB)
+        assert info is not None and (info.bytes_used, info.cap_bytes, info.ratio) == (150 * MB, 100 * MB, 1.5)
+        crossings: list[MemoryInfo] = []
+        monitor.register_callback(crossings.append, threshold_ratio=1.0)
+        anyio.run(monitor.check_workers, [(3, remote_pid, 500, 150 * MB)])
+        assert [(c.worker_id, c.pid, c.rising) for c in crossings] == [(3, remote_pid, True)]
+
 
 class TestCallbacks:
     def test_edge_triggered_sync_async_raising_and_unregister(self) -> None:
