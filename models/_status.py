@@ -259,6 +259,13 @@ class FeedStatus(msgspec.Struct, frozen=True, kw_only=True):
     ``frames`` and ``bytes`` count what the feed received and published; ``oversized`` the frames it
     skipped for their size; ``undelivered`` the frames the pool could not take because the worker that
     owns them has failed for good; ``last_frame_age`` is seconds since the last frame (``None`` before one).
+    ``connected`` is true while every one of its ``connections`` is open (``connections_open`` of them).
+    ``stalls`` counts connections replaced for sending no market data while they still answered ``PING``,
+    ``resubscribes`` assets subscribed to again because their `book` did not come, ``rate_limited`` the
+    connection attempts answered with HTTP 429, ``awaiting_books`` the assets whose `book` has not come
+    since they were subscribed to; ``duplicates`` counts frames dropped because the connection that follows
+    their assets delivers them too, and ``moved`` the assets moved to the connection of their market's
+    other token.
     """
 
     name: str
@@ -270,6 +277,14 @@ class FeedStatus(msgspec.Struct, frozen=True, kw_only=True):
     undelivered: int = 0
     subscribed: int
     last_frame_age: float | None
+    connections: int = 1
+    connections_open: int = 0
+    stalls: int = 0
+    resubscribes: int = 0
+    rate_limited: int = 0
+    awaiting_books: int = 0
+    duplicates: int = 0
+    moved: int = 0
 
 
 class PoolStatus(msgspec.Struct, frozen=True, kw_only=True):

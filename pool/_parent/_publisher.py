@@ -32,6 +32,7 @@ from pool.models import (
     decode_frame,
     event_asset_ids,
 )
+from pool.models._frame_ids import FrameIds, frame_ids_decoder
 
 from ._changes import Changes, LoopWaker
 from ._events import EventHub
@@ -73,25 +74,6 @@ TAKEN_TURN_DUE = 2  # queued; the loop's thread publishes and should give the wr
 # the publish benchmark's tight loop, throughput with turns every 256 frames was within the noise of none.
 TURN_FRAMES = 256
 
-
-class _RouteEntry(msgspec.Struct, gc=False):
-    asset_id: str
-
-
-class _RouteEvent(msgspec.Struct, gc=False):
-    """The only fields the parent reads of a frame: who it is for. Everything else is skipped unparsed."""
-
-    asset_id: str | None = None
-    price_changes: list[_RouteEntry] | None = None
-    event_type: str | None = None
-    bids: msgspec.Raw = msgspec.Raw()  # left unparsed; non-empty means a book (REST shapes have no event_type)
-
-    @property
-    def is_book(self) -> bool:
-        return self.event_type == "book" or (self.event_type is None and len(self.bids) > 0)
-
-
-_route_decoder = msgspec.json.Decoder(_RouteEvent | list[_RouteEvent])
 _json_encoder = msgspec.json.Encoder()
 
 
@@ -161,11 +143,11 @@ class Publisher:
         frame would add a call to the batch path, the hottest loop of the parent.
         """
         try:
-            ids = _route_decoder.decode(frame)
+            ids = frame_ids_decoder.decode(frame)
         except msgspec.DecodeError:
             return NOT_TAKEN
         if (
-            type(ids) is not _RouteEvent
+            type(ids) is not FrameIds
             or ids.price_changes is not None
             or (asset_id := ids.asset_id) is None
             or ids.event_type is None  # a book in the REST shape
@@ -205,7 +187,7 @@ class Publisher:
             TypeError: an item is not a frame or an event Struct.
         """
         slots, route, limit, slots_of = self._slots, self._route, self._limit, self._slots_of
-        decode_ids = _route_decoder.decode
+        decode_ids = frame_ids_decoder.decode
         always_wake = self._waker.on_loop()  # a wake-up on the loop's own thread costs next to nothing
         idle: set[Slot] = set()  # slots keeping up (few frames in flight): sent from here, at the end
         touched: set[Slot] = set()
@@ -240,7 +222,7 @@ class Publisher:
                     ids = decode_ids(frame)
                 except (msgspec.DecodeError, RecursionError):
                     ids = None
-                if type(ids) is _RouteEvent and ids.price_changes is None and ids.asset_id is not None:
+                if type(ids) is FrameIds and ids.price_changes is None and ids.asset_id is not None:
                     # The common case, one asset, kept inline: this loop bounds the whole pool's throughput.
                     slot = slots[route[ids.asset_id]]
                     offered = slot.offer(frame, limit)
@@ -432,7 +414,7 @@ class Publisher:
         return True
 
     def _slots_of(
-        self, frame: bytes, ids: _RouteEvent | list[_RouteEvent] | None
+        self, frame: bytes, ids: FrameIds | list[FrameIds] | None
     ) -> tuple[list[Slot], list[tuple[Slot, str]], list[MessageError]]:
         """The slots of a frame that is not a plain one-asset event, the (slot, asset) of its books, and,
         for a frame no slot takes, the errors of the events rejected in it (a worker counts those of a
@@ -444,7 +426,7 @@ class Publisher:
         route, slots = self._route, self._slots
         targets: dict[int, Slot] = {}
         books: list[tuple[Slot, str]] = []
-        if ids is None or (type(ids) is _RouteEvent and ids.asset_id is None and ids.price_changes is None):
+        if ids is None or (type(ids) is FrameIds and ids.asset_id is None and ids.price_changes is None):
             # Ids that do not parse, or no asset named: decode it all, to route what names an asset (a
             # malformed event among them included: its worker counts it) and to tell the rest apart.
             events = decode_frame(frame)

@@ -153,14 +153,6 @@ def _check_run_flags(args: argparse.Namespace) -> None:
                 "command line: --source polymarket needs httpx and wsproto: "
                 "pip install 'persistent-worker-pool[polymarket]'"
             )
-        from pool.feeds import MAX_ASSETS_PER_CONNECTION
-
-        if len(args.asset_ids) > MAX_ASSETS_PER_CONNECTION:
-            raise ConfigError(
-                f"command line: --assets: {len(args.asset_ids)} token ids, more than the "
-                f"{MAX_ASSETS_PER_CONNECTION} Polymarket sends book data for on one connection; run several "
-                "worker-pool processes, each with its own share (both tokens of a market in the same one)"
-            )
     else:
         for flag, given in (
             ("--assets-file", args.assets_file),

@@ -121,15 +121,25 @@ def _memory_bar(used: int, cap: int | None) -> RenderableType:
 
 
 def _feed_line(feed: FeedStatus) -> Text:
-    """One line a feed: whether it is connected, and the figures that say it is healthy."""
+    """A feed: whether it is connected, and the figures that say it is healthy; its troubles, if any, on a
+    second line."""
     state = ("connected", "green") if feed.connected else ("disconnected", "bold red")
     age = "no frame yet" if feed.last_frame_age is None else f"last frame {feed.last_frame_age:.1f} s ago"
     line = Text.assemble(
         f"feed {feed.name} ",
         state,
-        f"  {feed.subscribed:,} assets  {feed.frames:,} frames  {feed.reconnects} reconnects  {age}",
+        f"  {feed.connections_open}/{feed.connections} connections  {feed.subscribed:,} assets  "
+        f"{feed.frames:,} frames  {feed.reconnects} reconnects  {age}",
     )
-    for count, what in ((feed.oversized, "oversized"), (feed.undelivered, "undelivered")):
+    for count, what in (
+        (feed.awaiting_books, "awaiting a book"),
+        (feed.stalls, "stalls"),
+        (feed.resubscribes, "resubscribed"),
+        (feed.rate_limited, "rate-limited"),
+        (feed.oversized, "oversized"),
+        (feed.undelivered, "undelivered"),
+    ):
         if count:
+            line.append("\n " if line.plain.count("\n") == 0 else "")
             line.append(f"  {count:,} {what}", style="yellow")
     return line

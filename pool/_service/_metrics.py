@@ -74,6 +74,13 @@ FEED_METRIC_NAMES = (
     "worker_pool_feed_frames",
     "worker_pool_feed_bytes",
     "worker_pool_feed_last_frame_age_seconds",
+    "worker_pool_feed_connections",
+    "worker_pool_feed_connections_open",
+    "worker_pool_feed_stalls",
+    "worker_pool_feed_resubscribes",
+    "worker_pool_feed_rate_limited",
+    "worker_pool_feed_awaiting_books",
+    "worker_pool_feed_duplicates",
 )
 
 
@@ -187,6 +194,29 @@ def _feed_metrics(status: PoolStatus) -> Iterator[Metric]:
     age = GaugeMetricFamily(
         "worker_pool_feed_last_frame_age_seconds", "Seconds since the feed's last frame.", labels=labels
     )
+    gauges: dict[str, GaugeMetricFamily] = {
+        "connections": GaugeMetricFamily("worker_pool_feed_connections", "Connections the feed keeps.", labels=labels),
+        "connections_open": GaugeMetricFamily(
+            "worker_pool_feed_connections_open", "Of those, the ones open now.", labels=labels
+        ),
+        "awaiting_books": GaugeMetricFamily(
+            "worker_pool_feed_awaiting_books", "Assets subscribed to whose book has not come yet.", labels=labels
+        ),
+    }
+    counters: dict[str, CounterMetricFamily] = {
+        "stalls": CounterMetricFamily(
+            "worker_pool_feed_stalls", "Connections replaced for sending no data while answering PING.", labels=labels
+        ),
+        "resubscribes": CounterMetricFamily(
+            "worker_pool_feed_resubscribes", "Assets subscribed to again: their book did not come.", labels=labels
+        ),
+        "rate_limited": CounterMetricFamily(
+            "worker_pool_feed_rate_limited", "Connection attempts answered with HTTP 429.", labels=labels
+        ),
+        "duplicates": CounterMetricFamily(
+            "worker_pool_feed_duplicates", "Frames dropped: another connection delivers them.", labels=labels
+        ),
+    }
     for name, feed in sorted(status.feeds.items()):
         connected.add_metric([name], 1.0 if feed.connected else 0.0)
         reconnects.add_metric([name], feed.reconnects)
@@ -194,7 +224,11 @@ def _feed_metrics(status: PoolStatus) -> Iterator[Metric]:
         received.add_metric([name], feed.bytes)
         if feed.last_frame_age is not None:
             age.add_metric([name], feed.last_frame_age)
-    yield from (connected, reconnects, frames, received, age)
+        for field, gauge in gauges.items():
+            gauge.add_metric([name], getattr(feed, field))
+        for field, counter in counters.items():
+            counter.add_metric([name], getattr(feed, field))
+    yield from (connected, reconnects, frames, received, age, *gauges.values(), *counters.values())
 
 
 def _cumulative(counts: Iterable[int]) -> list[tuple[str, float]]:

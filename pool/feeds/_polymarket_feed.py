@@ -1,42 +1,50 @@
-"""`PolymarketFeed`: the CLOB market channel over WebSocket, handed to a pool frame by frame.
+"""`PolymarketFeed`: the CLOB market channel over as many WebSocket connections as its assets need.
 
-The feed subscribes to its asset ids, sends the text ``PING`` the service expects every
-``ping_interval`` seconds, and publishes each frame's raw bytes to the pool (which decodes only the asset
-ids in the parent). When the connection drops it marks the pool's books of its assets stale
-(`PersistentWorkerPool.mark_stale`), reconnects with capped exponential backoff and jitter, and subscribes
-again; the service then sends a fresh `book` for every asset (the initial dump), which replaces whatever
-was missed while disconnected and makes each book live again.
+The assets are shared out over connections of at most ``assets_per_connection`` each, in the order given
+(`pool.feeds._polymarket_connection`): past about 500 assets on one connection the service stops sending
+their book data without an error (nautilus_trader #2915). Each frame goes to the pool raw (the parent
+decodes only its asset ids), so the feed's own work per frame is small.
 
-Frames larger than ``max_frame_bytes`` are counted (`FeedStatus.oversized`) and skipped; frames that are
-not valid market data are counted and skipped by the pool (``frames_rejected``); frames for a worker the
-pool has given up on are counted (`FeedStatus.undelivered`). None of them ends the connection.
+Several connections can deliver the same frame: a ``price_change`` names both tokens of its market, and the
+service sends it to every connection that follows either. Applied twice, out of order, it would leave a
+book wrong. So a frame is published only by the connection that follows the assets it names; when those
+are on two connections (the tokens of one market split), the connection that delivered it first takes the
+other token over (unsubscribed there, subscribed here, its book marked stale until the fresh `book` the
+subscription brings), and the copies other connections deliver are dropped (counted in ``duplicates``).
+Listing both tokens of a market next to each other keeps them together from the start.
+
+When a connection drops, stalls or goes silent it marks the pool's books of its assets stale
+(`PersistentWorkerPool.mark_stale`) and reconnects; the service then sends a fresh `book` for every asset,
+which makes each book live again.
 """
 
 from __future__ import annotations
 
-import contextlib
-import random
 import time
 from collections.abc import Iterable
 from types import TracebackType
 from typing import Any
 
 import anyio
+import anyio.abc
 import msgspec
 
 from pool import BrokenWorkerError
 from pool.models import FeedStatus
+from pool.models._frame_ids import frame_ids_decoder
 from pool.models._logging import get_logger
 
-from ._websocket import ConnectionClosed, WebSocket, _Oversized
+from ._polymarket_connection import ConnectGate, Connection, Settings
 
 __all__ = ["DEFAULT_WS_URL", "MAX_ASSETS_PER_CONNECTION", "PolymarketFeed"]
 
 DEFAULT_WS_URL = "wss://ws-subscriptions-clob.polymarket.com/ws/market"
 # Above this many assets on one connection Polymarket stops sending their book data (an undocumented limit
-# that nautilus_trader ran into and works around with more connections: its pull request #2915), so the
-# feed could never build those books nor refresh them after a reconnect.
+# that nautilus_trader ran into and works around with more connections: its pull request #2915).
 MAX_ASSETS_PER_CONNECTION = 500
+# The default share of a connection, as nautilus_trader's: well below the limit, so that a connection can
+# take over the other token of its markets (and `subscribe` fill it up) without nearing it.
+DEFAULT_ASSETS_PER_CONNECTION = 200
 
 
 class PolymarketFeed:
@@ -46,16 +54,22 @@ class PolymarketFeed:
     ends) or ``await feed.run()`` (until cancelled).
 
     Args:
-        asset_ids: the tokens to subscribe to; `subscribe` and `unsubscribe` change them while running.
+        asset_ids: the tokens to follow, any number; `subscribe` and `unsubscribe` change them while running.
+            List both tokens of a market next to each other, so that they share a connection.
         url: the market channel's endpoint (a local server in tests).
+        assets_per_connection: the most assets a connection is given (at most 500, the service's limit).
+        connect_interval: seconds between two connection attempts of the feed (a burst of new sockets is
+            answered with HTTP 429); after a 429 every attempt waits out the back-off.
         ping_interval: seconds between keep-alive ``PING`` text frames.
-        idle_timeout: seconds without any frame, not even the ``PONG`` a ``PING`` gets, after which the
+        idle_timeout: seconds without any frame, not even the ``PONG`` a ``PING`` gets, after which a
             connection is presumed dead and replaced; longer than ``ping_interval``.
+        stall_timeout: seconds without market data on a connection that still answers ``PING`` after which
+            it is replaced (``None``: never, for a set of assets that may rightly be quiet that long).
+        book_timeout: seconds after subscribing within which an asset's `book` must come; past them it is
+            subscribed to again, the wait doubling up to ``max_backoff`` (``None``: no such check).
         max_frame_bytes: larger frames are counted and skipped.
         backoff, max_backoff: the first reconnect delay and its cap (doubling, with up to 50% jitter).
         open_timeout: seconds to connect and complete the handshake.
-        max_assets: the most assets it subscribes to (``ValueError`` beyond, from here or `subscribe`);
-            the default is the most for which the service sends each asset's initial `book`.
         name: its key in the pool's ``get_status().feeds``.
     """
 
@@ -65,13 +79,16 @@ class PolymarketFeed:
         asset_ids: Iterable[str],
         *,
         url: str = DEFAULT_WS_URL,
+        assets_per_connection: int = DEFAULT_ASSETS_PER_CONNECTION,
+        connect_interval: float = 0.5,
         ping_interval: float = 10.0,
         idle_timeout: float = 30.0,
+        stall_timeout: float | None = 30.0,
+        book_timeout: float | None = 10.0,
         max_frame_bytes: int = 4 * 1024 * 1024,
         backoff: float = 0.5,
         max_backoff: float = 30.0,
         open_timeout: float = 10.0,
-        max_assets: int = MAX_ASSETS_PER_CONNECTION,
         name: str = "polymarket",
     ) -> None:
         for setting, value in (
@@ -79,12 +96,20 @@ class PolymarketFeed:
             ("max_frame_bytes", max_frame_bytes),
             ("max_backoff", max_backoff),
             ("open_timeout", open_timeout),
-            ("max_assets", max_assets),
+            ("assets_per_connection", assets_per_connection),
+            ("stall_timeout", stall_timeout),
+            ("book_timeout", book_timeout),
         ):
-            if value <= 0:
+            if value is not None and value <= 0:
                 raise ValueError(f"PolymarketFeed {setting} must be positive, got {value!r}")
-        if backoff < 0:
-            raise ValueError(f"PolymarketFeed backoff must be >= 0, got {backoff!r}")
+        for setting, value in (("backoff", backoff), ("connect_interval", connect_interval)):
+            if value < 0:
+                raise ValueError(f"PolymarketFeed {setting} must be >= 0, got {value!r}")
+        if assets_per_connection > MAX_ASSETS_PER_CONNECTION:
+            raise ValueError(
+                f"PolymarketFeed assets_per_connection={assets_per_connection} is more than the "
+                f"{MAX_ASSETS_PER_CONNECTION} assets Polymarket sends book data for on one connection"
+            )
         if idle_timeout <= ping_interval:
             raise ValueError(
                 f"PolymarketFeed idle_timeout ({idle_timeout!r}) must be longer than ping_interval "
@@ -92,41 +117,60 @@ class PolymarketFeed:
             )
         self._pool = pool
         self.name = name
-        self._max_assets = max_assets
-        self._assets = dict.fromkeys(asset_ids)  # ordered and unique
-        self._check_room(len(self._assets))
         self.url = url
-        self._ping_interval = ping_interval
-        self._idle_timeout = idle_timeout
-        self._max_frame_bytes = max_frame_bytes
-        self._backoff = backoff
-        self._max_backoff = max_backoff
-        self._open_timeout = open_timeout
-        self._socket: WebSocket | None = None
-        self._connections = 0
+        self._per_connection = assets_per_connection
+        self._settings = Settings(
+            url=url,
+            ping_interval=ping_interval,
+            idle_timeout=idle_timeout,
+            stall_timeout=stall_timeout,
+            book_timeout=book_timeout,
+            max_frame_bytes=max_frame_bytes,
+            backoff=backoff,
+            max_backoff=max_backoff,
+            open_timeout=open_timeout,
+        )
+        self._gate = ConnectGate(connect_interval)
+        self._log = get_logger("pool.feeds.polymarket").bind(url=url)
+        self._connections: list[Connection] = []
+        self._retired: list[Connection] = []  # closed for want of assets; their counts stay in the totals
+        self._owner: dict[str, Connection] = {}
+        self._next_index = 0
         self._frames = 0
         self._bytes = 0
-        self._oversized = 0
         self._undelivered = 0
+        self._duplicates = 0
+        self._moved = 0
+        self._split_warned = False
         self._failed_workers: set[int] = set()
         self._last_frame: float | None = None
-        self._heard_at = 0.0  # monotonic time of the current connection's last frame (or its opening)
-        self._tasks: anyio.abc.TaskGroup | None = None
-        self._log = get_logger("pool.feeds.polymarket").bind(url=url)
+        self._running: anyio.abc.TaskGroup | None = None  # the task group of `run`, while it runs
+        self._tasks: anyio.abc.TaskGroup | None = None  # the task group of ``async with``
+        self._assign(list(dict.fromkeys(asset_ids)))
 
     @property
     def stats(self) -> FeedStatus:
         """The feed at a glance; also in the pool's `get_status().feeds[name]` while it runs."""
+        connections = [*self._connections, *self._retired]
+        open_now = sum(connection.socket is not None for connection in self._connections)
         return FeedStatus(
             name=self.name,
-            connected=self._socket is not None,
-            reconnects=max(0, self._connections - 1),
+            connected=bool(self._connections) and open_now == len(self._connections),
+            reconnects=sum(max(0, connection.opened - 1) for connection in connections),
             frames=self._frames,
             bytes=self._bytes,
-            oversized=self._oversized,
+            oversized=sum(connection.oversized for connection in connections),
             undelivered=self._undelivered,
-            subscribed=len(self._assets),
+            subscribed=len(self._owner),
             last_frame_age=None if self._last_frame is None else time.monotonic() - self._last_frame,
+            connections=len(self._connections),
+            connections_open=open_now,
+            stalls=sum(connection.stalls for connection in connections),
+            resubscribes=sum(connection.resubscribes for connection in connections),
+            rate_limited=sum(connection.rate_limited for connection in connections),
+            awaiting_books=sum(len(connection.awaiting) for connection in self._connections),
+            duplicates=self._duplicates,
+            moved=self._moved,
         )
 
     async def __aenter__(self) -> PolymarketFeed:
@@ -142,107 +186,149 @@ class PolymarketFeed:
         self._tasks.cancel_scope.cancel()
         return await self._tasks.__aexit__(exc_type, exc, tb)
 
-    async def subscribe(self, asset_ids: Iterable[str]) -> None:
-        """Add assets; if connected, ask the service for them now (their `book` arrives first).
-
-        Raises:
-            ValueError: that would be more than ``max_assets``; nothing was added.
-        """
-        new = list(dict.fromkeys(asset_id for asset_id in asset_ids if asset_id not in self._assets))
-        self._check_room(len(self._assets) + len(new))
-        self._assets.update(dict.fromkeys(new))
-        await self._send_operation("subscribe", new)
-
-    async def unsubscribe(self, asset_ids: Iterable[str]) -> None:
-        """Drop assets from the subscription (their books stay in the pool as they are)."""
-        gone = [asset_id for asset_id in asset_ids if asset_id in self._assets]
-        for asset_id in gone:
-            del self._assets[asset_id]
-        await self._send_operation("unsubscribe", gone)
-
-    async def resubscribe(self, asset_ids: Iterable[str]) -> None:
-        """Ask the service again for assets already subscribed to, so that it sends a fresh `book` for each.
-
-        Made for the pool's ``on_resync``: books a replaced worker could not rebuild from a snapshot come
-        back from the feed itself. Not connected, it does nothing: the next connection subscribes to
-        everything, and that brings every `book` anyway.
-        """
-        again = [asset_id for asset_id in asset_ids if asset_id in self._assets]
-        self._log.info("feed_resubscribing", assets=len(again))
-        await self._send_operation("unsubscribe", again)
-        await self._send_operation("subscribe", again)
-
-    def _check_room(self, count: int) -> None:
-        if count > self._max_assets:
-            raise ValueError(
-                f"PolymarketFeed: {count} assets would be more than max_assets={self._max_assets} on one "
-                "connection, and Polymarket stops sending book data beyond that, so those books could never be "
-                "built. Split the assets over several PolymarketFeeds (each with its own name), keeping both "
-                "tokens of a market in the same one"
-            )
-
     async def run(self) -> None:
-        """Connect, subscribe, publish every frame; reconnect whenever the connection ends. Until cancelled."""
+        """Open every connection (spaced out), publish every frame, reconnect each as needed. Until cancelled."""
         detach = self._pool.attach_feed(self.name, lambda: self.stats)
         try:
-            await self._reconnect_forever()
+            async with anyio.create_task_group() as tasks:
+                self._running = tasks
+                for connection in self._connections:
+                    tasks.start_soon(connection.run)
         finally:
+            self._running = None
             detach()
 
-    async def _reconnect_forever(self) -> None:
-        delay = self._backoff
-        while True:
-            try:
-                socket = await WebSocket.connect(
-                    self.url, max_message_bytes=self._max_frame_bytes, open_timeout=self._open_timeout
+    async def subscribe(self, asset_ids: Iterable[str]) -> None:
+        """Follow more assets: each goes to a connection with room (a new one if none has), which asks the
+        service for it at once if open (its `book` comes first)."""
+        new = [asset_id for asset_id in dict.fromkeys(asset_ids) if asset_id not in self._owner]
+        for connection, assets in self._assign(new).items():
+            await connection.subscribe(assets)
+
+    async def unsubscribe(self, asset_ids: Iterable[str]) -> None:
+        """Stop following assets (their books stay in the pool as they are). A connection left with no
+        asset is closed."""
+        for connection, assets in self._by_connection(asset_ids).items():
+            for asset_id in assets:
+                del self._owner[asset_id]
+            await connection.unsubscribe(assets)
+            if not connection.assets:
+                self._retire(connection)
+
+    async def resubscribe(self, asset_ids: Iterable[str]) -> None:
+        """Ask the service again for assets already followed, so that it sends a fresh `book` for each.
+
+        Made for the pool's ``on_resync``: books a replaced worker could not rebuild from a snapshot come
+        back from the feed itself. A connection that is not open does nothing: its next subscription
+        brings every `book` anyway.
+        """
+        groups = self._by_connection(asset_ids)
+        self._log.info("feed_resubscribing", assets=sum(map(len, groups.values())))
+        for connection, assets in groups.items():
+            await connection.resubscribe(assets)
+
+    def _assign(self, asset_ids: list[str]) -> dict[Connection, list[str]]:
+        """Give each new asset to the last connection while it has room, else to a new one (started at
+        once if the feed runs); returns what each connection was given."""
+        given: dict[Connection, list[str]] = {}
+        for asset_id in asset_ids:
+            connection = self._connections[-1] if self._connections else None
+            if connection is None or len(connection.assets) + len(given.get(connection, ())) >= self._per_connection:
+                connection = Connection(
+                    self._next_index, (), self._settings, self._gate, self._on_frame, self._on_stale, self._log
                 )
-            except ConnectionClosed as exc:
-                self._log.warning("feed_connect_failed", error=str(exc), retry_in=round(delay, 3))
-            else:
-                delay = self._backoff  # a connection that opened resets the backoff
-                await self._serve(socket)
-            await anyio.sleep(delay * (1 + random.random() / 2))
-            delay = min(self._max_backoff, max(delay * 2, 0.01))
+                self._next_index += 1
+                self._connections.append(connection)
+                if self._running is not None:
+                    self._running.start_soon(connection.run)
+            given.setdefault(connection, []).append(asset_id)
+            self._owner[asset_id] = connection
+        for connection, assets in given.items():
+            if connection.socket is None:
+                connection.assets.update(dict.fromkeys(assets))  # its subscription, when it opens, names them
+        return {connection: assets for connection, assets in given.items() if connection.socket is not None}
 
-    async def _serve(self, socket: WebSocket) -> None:
-        self._connections += 1
-        self._socket = socket
-        self._heard_at = time.monotonic()
-        self._log.info("feed_connected", assets=len(self._assets), reconnects=self._connections - 1)
-        try:
-            # `initial_dump` defaults to true, but without it some books never come at scale (nautilus_trader #3963).
-            subscription = {"assets_ids": list(self._assets), "type": "market", "initial_dump": True}
-            await socket.send_text(msgspec.json.encode(subscription).decode())
-            async with anyio.create_task_group() as tasks:
-                tasks.start_soon(self._keep_alive, socket)
-                tasks.start_soon(self._watch_idle)
-                await self._receive(socket)
-                tasks.cancel_scope.cancel()
-        except* ConnectionClosed as closed:  # from the receiver or the keep-alive, whichever saw it first
-            self._log.warning("feed_disconnected", error=str(closed.exceptions[0]))
-            # Updates are lost from here until the service sends each `book` again on the next connection.
-            stale = await self._pool.mark_stale(list(self._assets))
-            self._log.info("feed_books_stale", books=stale)
-        finally:
-            self._socket = None
-            with anyio.CancelScope(shield=True):
-                await socket.aclose()
+    def _by_connection(self, asset_ids: Iterable[str]) -> dict[Connection, list[str]]:
+        groups: dict[Connection, list[str]] = {}
+        for asset_id in dict.fromkeys(asset_ids):
+            if (connection := self._owner.get(asset_id)) is not None:
+                groups.setdefault(connection, []).append(asset_id)
+        return groups
 
-    async def _receive(self, socket: WebSocket) -> None:
-        while True:
-            message = await socket.receive()
-            self._last_frame = self._heard_at = time.monotonic()
-            if isinstance(message, _Oversized):
-                self._oversized += 1
-                self._log.warning("feed_frame_oversized", max_frame_bytes=self._max_frame_bytes)
-                continue
-            frame = message.encode() if isinstance(message, str) else message
-            self._frames += 1
-            self._bytes += len(frame)
+    def _retire(self, connection: Connection) -> None:
+        """Close a connection with no asset left; its counters live on in the feed's totals."""
+        self._connections.remove(connection)
+        self._retired.append(connection)
+        connection.close()
+
+    async def _on_frame(self, connection: Connection, frame: bytes) -> None:
+        self._frames += 1
+        self._bytes += len(frame)
+        self._last_frame = time.monotonic()
+        if len(self._connections) > 1 or connection.awaiting:
             try:
-                await self._pool.publish(frame)
-            except BrokenWorkerError as exc:
-                self._note_undelivered(exc)
+                ids = frame_ids_decoder.decode(frame)
+            except msgspec.DecodeError:
+                ids = None  # not market data as such: the pool counts what it is
+            if ids is not None and not await self._sort(connection, ids if isinstance(ids, list) else [ids]):
+                return
+        try:
+            await self._pool.publish(frame)
+        except BrokenWorkerError as exc:
+            self._note_undelivered(exc)
+
+    async def _sort(self, connection: Connection, events: list[Any]) -> bool:
+        """Whether ``connection`` is the one to publish a frame of ``events``; notes the books it brings,
+        and takes over the assets it names that another connection follows (the tokens of a market)."""
+        owner = self._owner
+        mine = False
+        others: list[str] = []
+        for event in events:
+            named = [event.asset_id] if event.asset_id is not None else []
+            named += [entry.asset_id for entry in event.price_changes or ()]
+            for asset_id in named:
+                follower = owner.get(asset_id)
+                if follower is connection:
+                    mine = True
+                    if event.is_book:
+                        connection.book_arrived(asset_id)
+                elif follower is not None:
+                    others.append(asset_id)
+        if not mine:
+            if others:
+                self._duplicates += 1  # the connection that follows them delivers it too
+                return False
+            return True  # names nothing followed (service text, a new market...): the pool counts it
+        if others:
+            await self._take_over(connection, list(dict.fromkeys(others)))
+        return True
+
+    async def _take_over(self, connection: Connection, asset_ids: list[str]) -> None:
+        """Move ``asset_ids`` to ``connection``, which has just delivered a frame naming them beside its own
+        assets: from now on one connection delivers their frames. Their books are stale until the `book`
+        the subscription here brings."""
+        if len(connection.assets) + len(asset_ids) > MAX_ASSETS_PER_CONNECTION:
+            if not self._split_warned:
+                self._split_warned = True
+                self._log.warning(
+                    "feed_market_split",
+                    detail="the tokens of a market are on two connections and the one that delivered their frame "
+                    f"is full ({len(connection.assets)} assets); list both tokens of a market next to each other",
+                )
+            return
+        await self._pool.mark_stale(asset_ids)  # behind the frame just published: the fresh book follows
+        for old, assets in self._by_connection(asset_ids).items():
+            await old.unsubscribe(assets)
+        for asset_id in asset_ids:
+            self._owner[asset_id] = connection
+        self._moved += len(asset_ids)
+        await connection.subscribe(asset_ids)
+        for emptied in [c for c in self._connections if not c.assets]:
+            self._retire(emptied)
+
+    async def _on_stale(self, connection: Connection, asset_ids: list[str]) -> None:
+        stale = await self._pool.mark_stale(asset_ids)
+        self._log.info("feed_books_stale", books=stale, connection=connection.index)
 
     def _note_undelivered(self, exc: BrokenWorkerError) -> None:
         """A frame for a worker the pool gave up on: its books are unavailable already (`get_book` raises,
@@ -251,26 +337,3 @@ class PolymarketFeed:
         if exc.worker_id not in self._failed_workers:
             self._failed_workers.add(exc.worker_id)
             self._log.error("feed_frames_undelivered", worker_id=exc.worker_id, error=str(exc))
-
-    async def _keep_alive(self, socket: WebSocket) -> None:
-        while True:
-            await anyio.sleep(self._ping_interval)
-            await socket.send_text("PING")
-
-    async def _watch_idle(self) -> None:
-        """Fail a connection that has gone silent. A peer that vanished without closing (a half-open TCP
-        connection) would otherwise look healthy for ever: the PINGs still leave, nothing comes back."""
-        while True:
-            silent = time.monotonic() - self._heard_at
-            if silent >= self._idle_timeout:
-                raise ConnectionClosed(
-                    f"nothing received for {silent:.1f} s (idle_timeout={self._idle_timeout:g} s), not even a "
-                    "PONG: the connection is presumed dead"
-                )
-            await anyio.sleep(self._idle_timeout - silent)
-
-    async def _send_operation(self, operation: str, asset_ids: list[str]) -> None:
-        if asset_ids and self._socket is not None:
-            message = {"assets_ids": asset_ids, "operation": operation}
-            with contextlib.suppress(ConnectionClosed):  # the reconnect subscribes to the current set anyway
-                await self._socket.send_text(msgspec.json.encode(message).decode())

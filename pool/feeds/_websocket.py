@@ -29,13 +29,25 @@ from wsproto.events import (
 )
 from wsproto.utilities import LocalProtocolError
 
-__all__ = ["ConnectionClosed", "WebSocket"]
+__all__ = ["ConnectionClosed", "HandshakeRejected", "WebSocket"]
 
 _READ_BYTES = 65_536
 
 
 class ConnectionClosed(Exception):
     """The connection ended (closed by the peer, dropped, or never opened); the message says how."""
+
+
+class HandshakeRejected(ConnectionClosed):
+    """The server answered the opening handshake with an HTTP error (429: too many connections at once).
+
+    ``retry_after`` is its ``Retry-After`` header in seconds, when it sent one as a number.
+    """
+
+    def __init__(self, message: str, status_code: int, retry_after: float | None) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.retry_after = retry_after
 
 
 class _Oversized:
@@ -89,7 +101,11 @@ class WebSocket:
                             return cls(stream, protocol, max_message_bytes)
                         if isinstance(event, RejectConnection):
                             await stream.aclose()
-                            raise ConnectionClosed(f"{url} refused the WebSocket handshake: HTTP {event.status_code}")
+                            raise HandshakeRejected(
+                                f"{url} refused the WebSocket handshake: HTTP {event.status_code}",
+                                event.status_code,
+                                _retry_after(event.headers),
+                            )
         except (OSError, TimeoutError, anyio.EndOfStream, anyio.BrokenResourceError) as exc:
             raise ConnectionClosed(f"cannot open {url}: {type(exc).__name__}: {exc}") from None
 
@@ -151,3 +167,15 @@ class WebSocket:
     async def aclose(self) -> None:
         """Close without waiting for the server's answer (the feed is leaving)."""
         await self._stream.aclose()
+
+
+def _retry_after(headers: object) -> float | None:
+    """A ``Retry-After`` of seconds, from wsproto's header pairs (an HTTP date is ignored: back off instead)."""
+    for name, value in headers or ():  # type: ignore[attr-defined]
+        if bytes(name).lower() == b"retry-after":
+            try:
+                seconds = float(bytes(value))
+            except ValueError:
+                return None
+            return seconds if 0 <= seconds < 3600 else None
+    return None

@@ -6,8 +6,8 @@ import contextlib
 
 import msgspec
 
-from pool._parent._publisher import _route_decoder
 from pool.models import BookEvent, BookStore, Level, MessageError, decode_frame
+from pool.models._frame_ids import frame_ids_decoder
 
 # Books the inputs can refer to ("1", "2", "3"), so price changes, trades and tick changes are applied too.
 ASSETS = ("1", "2", "3")
@@ -24,7 +24,7 @@ def check_one(data: bytes) -> None:
     """Route, decode and apply ``data`` (as bytes, and as the text a feed could hand over) the way the pool
     does. Raises AssertionError, or whatever escaped, when an invariant breaks."""
     with contextlib.suppress(msgspec.DecodeError, RecursionError):  # what `Publisher.push` catches
-        _route_decoder.decode(data)
+        frame_ids_decoder.decode(data)
     for frame in (data, data.decode("utf-8", "surrogateescape")):
         store = _store()
         apply_frame(store, frame)

@@ -27,6 +27,7 @@ from pool._service._metrics import FEED_METRIC_NAMES, IDLE_TIMEOUT, METRIC_NAMES
 from pool._service._synthetic import SyntheticMarket
 from tests.integration.clob_server import ClobServer
 from tests.integration.market_server import MarketServer
+from tests.integration.sharded_market import ShardedMarketServer
 from tests.support import wait_for
 
 # Small and quick: the simulated market with 200 books at 5,000 updates/s.
@@ -199,7 +200,6 @@ def test_environment_beats_the_file_and_flags_beat_the_environment(
         ["run", "--ws-url", "ws://127.0.0.1:1"],
         ["run", "--source", "polymarket"],
         ["run", "--source", "polymarket", "--assets", "12,abc"],
-        ["run", "--source", "polymarket", "--assets", ",".join(str(n) for n in range(501))],
         ["nonsense"],
     ],
 )
@@ -459,6 +459,35 @@ def test_the_polymarket_source_runs_on_local_servers(tmp_path: Path, start_cli: 
     assert status["total_books"] == len(market.asset_ids)
     assert status["feeds"] == {}  # the feed detached when the run stopped
     assert status["messages_published"] >= server.sent
+
+
+@pytest.mark.timeout(90)
+def test_the_polymarket_source_takes_thousands_of_assets(tmp_path: Path, start_cli: Callable[..., Cli]) -> None:
+    """1,200 token ids in a file: the feed opens 6 connections of 200 and every book comes; /metrics
+    shows them, and the run stops cleanly with every book held."""
+    market = SyntheticMarket(1_200, seed=33)
+    assets = tmp_path / "assets.txt"
+    assets.write_text("\n".join(market.asset_ids) + "\n")
+    with ShardedMarketServer(market.snapshots()) as server:
+        run = start_cli(
+            "run", "--source", "polymarket", "--assets-file", str(assets), "--ws-url", server.url,
+            "--rest-url", "http://127.0.0.1:1", "--workers", "2", "--metrics-port", "0", "--log-format", "json",
+        )  # fmt: skip
+        port = run.wait_for_event("run_started")["metrics_port"]
+
+        def every_book() -> bool:
+            samples = scrape(port)
+            return (
+                samples.get('worker_pool_feed_connections_open{feed="polymarket"}') == 6.0
+                and samples.get('worker_pool_feed_awaiting_books{feed="polymarket"}') == 0.0
+            )
+
+        wait_for(every_book, timeout=60, what="6 connections and every book")
+        run.process.send_signal(signal.SIGTERM)
+        code, stdout = run.finish(timeout=30)
+    assert code == 0
+    assert json.loads(stdout)["total_books"] == 1_200
+    assert len(server.clients) == 6
 
 
 @pytest.mark.timeout(60)

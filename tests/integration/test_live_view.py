@@ -25,7 +25,8 @@ def rendered(view: LiveView, pool: PersistentWorkerPool) -> str:
 def feed_status(*, connected: bool) -> FeedStatus:
     return FeedStatus(
         name="polymarket", connected=connected, reconnects=2, frames=1_234, bytes=99_000, oversized=0,
-        undelivered=7, subscribed=40, last_frame_age=0.5,
+        undelivered=7, subscribed=40, last_frame_age=0.5, connections=3, connections_open=2, stalls=1,
+        awaiting_books=5,
     )  # fmt: skip
 
 
@@ -66,7 +67,10 @@ def test_one_row_per_worker_and_a_restart_shows_while_the_run_goes_on() -> None:
         ]  # the tasks column: waiting or running / done, per worker
         pool.attach_feed("polymarket", lambda: feed_status(connected=False))
         text = rendered(view, pool)
-        line = next(line for line in text.splitlines() if line.startswith("feed polymarket"))
+        lines = text.splitlines()
+        at = next(n for n, line in enumerate(lines) if line.startswith("feed polymarket"))
+        line = lines[at] + lines[at + 1]  # its troubles go on the next line
         assert "disconnected" in line and "2 reconnects" in line and "7 undelivered" in line
+        assert "2/3 connections" in line and "1 stalls" in line and "5 awaiting a book" in line
     # The pool's own stop is no news: the shutdown exits are not listed.
     assert "exit code 0" not in rendered(view, pool)

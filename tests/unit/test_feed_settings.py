@@ -16,7 +16,10 @@ from pool.feeds import MAX_ASSETS_PER_CONNECTION, PolymarketFeed
         ("max_backoff", -1),
         ("open_timeout", 0),
         ("backoff", -0.1),
-        ("max_assets", 0),
+        ("assets_per_connection", 0),
+        ("stall_timeout", 0),
+        ("book_timeout", -1),
+        ("connect_interval", -1),
     ],
 )
 def test_bad_settings_are_refused(setting: str, value: float) -> None:
@@ -34,14 +37,18 @@ def test_idle_timeout_must_outlast_the_ping_interval() -> None:
         PolymarketFeed(object(), ["1"], idle_timeout=5)
 
 
-def test_no_more_assets_than_the_service_sends_books_for() -> None:
-    """Above the per-connection limit Polymarket sends no book data: refused up front, naming the limit."""
-    too_many = [str(n) for n in range(MAX_ASSETS_PER_CONNECTION + 1)]
-    with pytest.raises(ValueError, match=f"{MAX_ASSETS_PER_CONNECTION + 1} assets .* max_assets=500"):
-        PolymarketFeed(object(), too_many)
-    feed = PolymarketFeed(object(), ["1", "2"], max_assets=3)
-    with pytest.raises(ValueError, match="4 assets would be more than max_assets=3"):
-        anyio.run(feed.subscribe, ["3", "4", "4"])
-    assert feed.stats.subscribed == 2  # nothing was added
-    anyio.run(feed.subscribe, ["2", "3", "3"])  # a repeat and a known id take no room
-    assert feed.stats.subscribed == 3
+def test_a_connection_is_never_given_more_assets_than_the_service_sends_books_for() -> None:
+    with pytest.raises(ValueError, match=f"assets_per_connection=501 is more than the {MAX_ASSETS_PER_CONNECTION}"):
+        PolymarketFeed(object(), ["1"], assets_per_connection=MAX_ASSETS_PER_CONNECTION + 1)
+
+
+def test_assets_are_shared_out_in_order_and_any_number_is_taken() -> None:
+    """1,201 assets at 200 a connection: 7 connections, the last with 1; `subscribe` fills the last one
+    first and opens another past it; repeats and known ids take no room."""
+    feed = PolymarketFeed(object(), [str(n) for n in range(1_201)])
+    assert (feed.stats.subscribed, feed.stats.connections) == (1_201, 7)
+    anyio.run(feed.subscribe, [str(n) for n in range(1_195, 1_401)])  # 6 known, 200 new
+    assert (feed.stats.subscribed, feed.stats.connections) == (1_401, 8)
+    anyio.run(feed.unsubscribe, [str(n) for n in range(1_400, 1_401)])  # the 8th connection's only asset
+    assert (feed.stats.subscribed, feed.stats.connections) == (1_400, 7)
+    assert not feed.stats.connected  # not running: nothing is open

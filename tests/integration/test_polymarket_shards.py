@@ -1,0 +1,174 @@
+"""`PolymarketFeed` over several connections, against a local server that serves each its own subscription:
+any number of assets with exact books, a stalled connection replaced, a book that never came asked for
+again, and HTTP 429 on connect backed off."""
+
+from __future__ import annotations
+
+import random
+import threading
+
+import pytest
+
+from pool import PersistentWorkerPool, PoolConfig
+from pool._service._synthetic import SyntheticMarket
+from pool.feeds import PolymarketFeed
+from pool.models import PoolEvent, PoolEventKind
+from tests.integration.sharded_market import ShardedMarketServer
+from tests.support import as_decimals, event_asset_ids, until
+
+pytestmark = [pytest.mark.anyio, pytest.mark.timeout(90)]
+
+
+def pool_config() -> PoolConfig:
+    return PoolConfig(worker_count=2, heartbeat_interval=0.5)
+
+
+async def settled(feed: PolymarketFeed, server: ShardedMarketServer, pool: PersistentWorkerPool) -> None:
+    """Every frame the server sent has reached the feed, every book asked for has come, and the pool has
+    applied all of it."""
+    await until(
+        lambda: server.drained() and feed.stats.frames >= server.sent and feed.stats.awaiting_books == 0,
+        what="every frame received",
+    )
+    await pool.flush()
+
+
+async def assert_exact(pool: PersistentWorkerPool, server: ShardedMarketServer, *, live: bool = True) -> None:
+    for asset_id in server.reference.bids:
+        view = await pool.get_book(asset_id)
+        assert not (live and view.stale), asset_id
+        assert (as_decimals(view.bids), as_decimals(view.asks)) == server.reference.levels(asset_id), asset_id
+
+
+async def test_1200_assets_over_six_connections_end_exact_with_split_markets_brought_together(
+    anyio_backend: str,
+) -> None:
+    """1,200 assets in a shuffled order, so most markets' two tokens start on different connections: the
+    feed opens 6 connections of 200, and each `price_change` naming both tokens is published once, by the
+    connection that delivered it first, which takes the other token over. After 20,000 frames every book
+    is equal to the server's, and live."""
+    market = SyntheticMarket(1_200, seed=601)
+    order = list(market.asset_ids)
+    random.Random(7).shuffle(order)
+    with ShardedMarketServer(market.snapshots()) as server:
+        async with (
+            PersistentWorkerPool(pool_config()) as pool,
+            PolymarketFeed(pool, order, url=server.url, connect_interval=0.02, stall_timeout=None) as feed,
+        ):
+            await until(lambda: feed.stats.connections_open == 6 and feed.stats.awaiting_books == 0, what="books")
+            updates = list(market.updates(20_000))
+            for start in range(0, len(updates), 2_000):
+                server.publish(updates[start : start + 2_000])
+            await settled(feed, server, pool)
+            await assert_exact(pool, server)
+            stats = pool.get_status().feeds["polymarket"]
+        assert stats.subscribed == 1_200 and stats.connections >= 3
+        assert stats.moved > 0 and stats.duplicates > 0  # split markets were met, and their copies dropped
+        assert stats.reconnects == 0 and stats.stalls == 0 and stats.rate_limited == 0
+    subscriptions = [client.operations[0]["assets_ids"] for client in server.clients]
+    assert len(subscriptions) == 6 and all(len(ids) == 200 for ids in subscriptions)
+    shares = sorted(tuple(order[start : start + 200]) for start in range(0, 1_200, 200))
+    assert sorted(map(tuple, subscriptions)) == shares  # shared out in the order given
+
+
+async def test_a_connection_that_answers_ping_but_sends_no_data_is_replaced(anyio_backend: str) -> None:
+    """The server stops sending one connection's data and goes on answering its PINGs: after
+    stall_timeout the feed replaces it; its books go stale, then live again with the fresh dump, and end
+    exact. The other connection, fed all along, is left alone."""
+    market = SyntheticMarket(40, seed=603, skew=0.0)
+    events: list[PoolEvent] = []
+    stop = threading.Event()
+    with ShardedMarketServer(market.snapshots()) as server:
+
+        def tick() -> None:  # a steady market: every connection has data at all times
+            while not stop.wait(0.1):
+                server.publish(list(market.updates(40)))
+
+        async with (
+            PersistentWorkerPool(pool_config()) as pool,
+            PolymarketFeed(
+                pool,
+                market.asset_ids,
+                url=server.url,
+                assets_per_connection=20,
+                connect_interval=0.02,
+                ping_interval=0.2,
+                idle_timeout=1.0,
+                stall_timeout=1.0,
+                backoff=0.05,
+            ) as feed,
+        ):
+            pool.add_listener(events.append)
+            await until(lambda: feed.stats.connections_open == 2 and feed.stats.awaiting_books == 0, what="books")
+            ticker = threading.Thread(target=tick, daemon=True)
+            ticker.start()
+            try:
+                stalled = server.clients[0]
+                server.stall(stalled)
+                await until(lambda: stalled.gone and feed.stats.connections_open == 2, what="replaced")
+                await until(lambda: feed.stats.awaiting_books == 0, what="the fresh dump")
+                pings_seen = server.pings
+            finally:
+                stop.set()
+                ticker.join()
+            await settled(feed, server, pool)
+            await assert_exact(pool, server, live=False)  # levels exact; a quiet feed may be reconnecting now
+            stats = feed.stats
+        assert stats.stalls >= 1 and pings_seen > 0
+        replaced = set(stalled.operations[0]["assets_ids"])
+        assert len(server.clients) >= 3 and set(server.clients[2].operations[0]["assets_ids"]) == replaced
+        assert replaced <= set(event_asset_ids(events, PoolEventKind.BOOK_STALE))
+        assert replaced <= set(event_asset_ids(events, PoolEventKind.BOOK_LIVE))
+        untouched = set(server.clients[1].operations[0]["assets_ids"])
+        assert not untouched & set(event_asset_ids(events, PoolEventKind.BOOK_STALE))
+
+
+async def test_an_asset_whose_book_never_comes_is_subscribed_to_again(anyio_backend: str) -> None:
+    """The server leaves three assets out of the initial dump: within book_timeout the feed unsubscribes
+    and subscribes them again, which brings their books; every book ends exact and live."""
+    market = SyntheticMarket(30, seed=605)
+    withheld = market.asset_ids[3:6]
+    with ShardedMarketServer(market.snapshots(), withhold=withheld) as server:
+        async with (
+            PersistentWorkerPool(pool_config()) as pool,
+            PolymarketFeed(pool, market.asset_ids, url=server.url, book_timeout=0.5, stall_timeout=None) as feed,
+        ):
+            await until(lambda: feed.stats.awaiting_books == 0 and feed.stats.resubscribes >= 3, what="asked again")
+            server.publish(list(market.updates(2_000)))
+            await settled(feed, server, pool)
+            await assert_exact(pool, server)
+            assert feed.stats.resubscribes == 3
+    later = server.clients[0].operations[1:]
+    assert [(op["operation"], sorted(op["assets_ids"])) for op in later] == [
+        ("unsubscribe", sorted(withheld)),
+        ("subscribe", sorted(withheld)),
+    ]
+
+
+async def test_http_429_on_connect_holds_every_connection_back(anyio_backend: str) -> None:
+    """The first three handshakes are answered 429 with Retry-After: 0.3; no attempt of the feed, on any
+    of its connections, comes sooner than that after a 429, and all end connected with exact books."""
+    market = SyntheticMarket(60, seed=607)
+    with ShardedMarketServer(market.snapshots(), reject_first=3, retry_after=0.3) as server:
+        async with (
+            PersistentWorkerPool(pool_config()) as pool,
+            PolymarketFeed(
+                pool,
+                market.asset_ids,
+                url=server.url,
+                assets_per_connection=20,
+                connect_interval=0.0,
+                backoff=0.01,
+                stall_timeout=None,
+            ) as feed,
+        ):
+            await until(lambda: feed.stats.connections_open == 3 and feed.stats.awaiting_books == 0, what="books")
+            server.publish(list(market.updates(1_000)))
+            await settled(feed, server, pool)
+            await assert_exact(pool, server)
+            assert feed.stats.rate_limited == 3 and feed.stats.reconnects == 0
+    times = [when for when, _ in server.attempts]
+    for (refused_at, status), later in zip(server.attempts, times[1:], strict=False):
+        if status == 429:
+            assert later - refused_at >= 0.3, server.attempts
+    assert [status for _, status in server.attempts].count(101) == 3
