@@ -474,6 +474,12 @@ class BookStore:
         """
         self.stale.update(asset_ids)
 
+    def drop(self, asset_ids: list[str]) -> None:
+        """Forget the books of ``asset_ids`` (no longer followed); a later `book` builds one anew."""
+        for asset_id in asset_ids:
+            self.books.pop(asset_id, None)
+            self.stale.discard(asset_id)
+
     def dump(self) -> list[BookState]:
         """Every book, as `install` takes it in another process (a memory recycle hands the books over)."""
         return [

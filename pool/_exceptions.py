@@ -73,12 +73,14 @@ class TaskQueueFullError(PoolError):
 
 
 class UnknownAssetError(PoolError, LookupError):
-    """No worker holds a book for the asset (no `book` snapshot for it was ever published)."""
+    """No worker holds a book for the asset: no `book` snapshot for it was ever published, or its book
+    was dropped since (`PersistentWorkerPool.drop_books`, which a feed's ``unsubscribe`` calls)."""
 
     def __init__(self, asset_id: str, worker_id: int) -> None:
         super().__init__(
-            f"no book for asset {asset_id!r} (it routes to worker {worker_id}, which has never received a "
-            "`book` snapshot for it); publish a snapshot first"
+            f"no book for asset {asset_id!r} (it routes to worker {worker_id}, which holds none: no `book` "
+            "snapshot was published for it, or its book was dropped since, as when a feed unsubscribes); "
+            "publish a snapshot first"
         )
         self.asset_id = asset_id
         self.worker_id = worker_id

@@ -418,6 +418,23 @@ class PersistentWorkerPool:
         marked = self._running_publisher("mark_stale").mark_stale(asset_ids)
         return _ready(marked) if self._mode is _Mode.ASYNC else marked
 
+    def drop_books(self, asset_ids: Iterable[str]) -> Any:
+        """Remove the books of ``asset_ids`` from their workers, giving their memory back; return how many
+        were held.
+
+        For assets no longer followed (`feeds.PolymarketFeed.unsubscribe` calls it): a book kept after
+        its feed stopped would only grow stale, and a pool following a changing set of markets would grow
+        without end. The removal travels behind every frame published before the call; afterwards
+        `get_book` raises `UnknownAssetError`, the book leaves `total_books`, and a replaced worker does not
+        rebuild it. A later `book` for the asset builds it anew. Assets with no book are passed over.
+
+        Raises:
+            TypeError: ``asset_ids`` is a single ``str``, or holds something that is not one.
+            PoolClosedError: the pool was shut down.
+        """
+        dropped = self._running_publisher("drop_books").drop_books(asset_ids)
+        return _ready(dropped) if self._mode is _Mode.ASYNC else dropped
+
     def restart_worker(self, worker_id: int) -> Any:
         """Replace worker ``worker_id`` now; its books are rebuilt exactly as after a crash.
 

@@ -482,7 +482,8 @@ class WorkerProcess:
                     items.append(([], sent.message))
                 case _:
                     # A Rebuild: the next recovery fetches a fresh one; an old one would undo newer frames.
-                    # A MarkStale: the next Rebuild carries the marks.
+                    # A MarkStale: the next Rebuild carries the marks. A DropBooks: the slot holds them no
+                    # more, so the rebuild leaves them out.
                     pass
         self._inflight.clear()
         return items

@@ -18,7 +18,7 @@ from typing import TypeAlias
 import msgspec
 
 from pool._exceptions import BrokenWorkerError, PoolClosedError, PoolTimeoutError
-from pool._wire._protocol import MAX_FRAME_BYTES, GetBook, MarkStale
+from pool._wire._protocol import MAX_FRAME_BYTES, DropBooks, GetBook, MarkStale
 from pool._wire._routing import Router
 from pool._wire._tally import Tally
 from pool.models import (
@@ -338,18 +338,35 @@ class Publisher:
         """Wake every waiter, from any thread (a task cancelled by its caller)."""
         self._waker.soon(self._changes.notify)
 
-    def mark_stale(self, asset_ids: Iterable[str]) -> int:
-        """Flag the held books of ``asset_ids`` stale until a `book` for each; return how many were marked."""
+    def _by_slot(self, what: str, asset_ids: Iterable[str]) -> list[tuple[Slot, list[str]]]:
+        """``asset_ids`` grouped by the slot that owns them, in slot order (``what`` names the caller)."""
         if isinstance(asset_ids, str):
-            raise TypeError(f"mark_stale takes an iterable of asset ids, not one str: pass [{asset_ids!r}]")
+            raise TypeError(f"{what} takes an iterable of asset ids, not one str: pass [{asset_ids!r}]")
         by_slot: dict[int, list[str]] = {}
         for asset_id in asset_ids:
             if not isinstance(asset_id, str):
                 raise TypeError(f"asset ids must be str, got {type(asset_id).__name__}: {asset_id!r}")
             by_slot.setdefault(self._route[asset_id], []).append(asset_id)
+        return [(self._slots[index], ids) for index, ids in sorted(by_slot.items())]
+
+    def drop_books(self, asset_ids: Iterable[str]) -> int:
+        """Remove the held books of ``asset_ids`` from their workers, behind every frame queued before;
+        return how many were held."""
+        dropped = 0
+        for slot, ids in self._by_slot("drop_books", asset_ids):
+            if slot.broken is not None:
+                continue
+            held = slot.drop_books(ids)
+            if held:
+                slot.enqueue_control(DropBooks(held))
+                self._wake(slot)
+                dropped += len(held)
+        return dropped
+
+    def mark_stale(self, asset_ids: Iterable[str]) -> int:
+        """Flag the held books of ``asset_ids`` stale until a `book` for each; return how many were marked."""
         marked = 0
-        for index, ids in sorted(by_slot.items()):
-            slot = self._slots[index]
+        for slot, ids in self._by_slot("mark_stale", asset_ids):
             if slot.broken is not None:
                 continue
             held, newly = slot.mark_stale(ids)

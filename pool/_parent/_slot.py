@@ -255,6 +255,18 @@ class Slot:
             self._marked_stale.update(held)
         return held, newly
 
+    def drop_books(self, asset_ids: Iterable[str]) -> list[str]:
+        """Hold the books of ``asset_ids`` no more; return the ones held, sorted. A replacement does not
+        rebuild them, and `get_book` says the asset has no book."""
+        with self._lock:
+            held = sorted(self._assets.intersection(asset_ids))
+            self._assets.difference_update(held)
+            self._stale.difference_update(held)
+            self._marked_stale.difference_update(held)
+            for asset_id in held:
+                self._latest_book.pop(asset_id, None)
+        return held
+
     def retire(self, stats: WorkerStats | None) -> None:
         """Keep the counts an exited process reported, so the slot's totals outlive it."""
         if stats is None:

@@ -27,6 +27,7 @@ __all__ = [
     "BookDump",
     "BookReply",
     "Boot",
+    "DropBooks",
     "Fatal",
     "FromWorker",
     "GetBook",
@@ -122,6 +123,12 @@ class Rebuild(msgspec.Struct, tag=True, array_like=True):
     stale: list[str]
 
 
+class DropBooks(msgspec.Struct, tag=True, array_like=True):
+    """Hold these books no more (their assets are not followed any longer): their memory goes back."""
+
+    asset_ids: list[str]
+
+
 class MarkStale(msgspec.Struct, tag=True, array_like=True):
     """Flag books that may have missed updates (a feed lost its connection) until a `book` replaces each."""
 
@@ -155,7 +162,7 @@ class RunTask(msgspec.Struct, tag=True, array_like=True):
     payload: bytes
 
 
-ToWorker = Boot | Batch | GetBook | Trim | Handoff | Install | Rebuild | MarkStale | RunTask | Stop
+ToWorker = Boot | Batch | GetBook | Trim | Handoff | Install | Rebuild | MarkStale | DropBooks | RunTask | Stop
 
 
 class Ready(msgspec.Struct, tag=True, array_like=True):

@@ -28,6 +28,7 @@ from pool._wire._protocol import (
     BookDump,
     BookReply,
     Boot,
+    DropBooks,
     GetBook,
     Handoff,
     Install,
@@ -163,6 +164,9 @@ class WorkerLoop:
                     conn.send_bytes(self._encoder.encode(done))
                 case MarkStale(asset_ids):
                     self._store.mark_stale(asset_ids)
+                    self._report()
+                case DropBooks(asset_ids):
+                    self._store.drop(asset_ids)
                     self._report()
                 case Stop():
                     self._report(final=True)

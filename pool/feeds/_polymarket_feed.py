@@ -206,14 +206,19 @@ class PolymarketFeed:
             await connection.subscribe(assets)
 
     async def unsubscribe(self, asset_ids: Iterable[str]) -> None:
-        """Stop following assets (their books stay in the pool as they are). A connection left with no
-        asset is closed."""
+        """Stop following assets, and drop their books from the pool (`PersistentWorkerPool.drop_books`):
+        kept, they would only grow stale, and memory would grow as the set of markets changes
+        (nautilus_trader #4237). A connection left with no asset is closed."""
+        gone: list[str] = []
         for connection, assets in self._by_connection(asset_ids).items():
             for asset_id in assets:
                 del self._owner[asset_id]
+            gone += assets
             await connection.unsubscribe(assets)
             if not connection.assets:
                 self._retire(connection)
+        if gone:
+            await self._pool.drop_books(gone)
 
     async def resubscribe(self, asset_ids: Iterable[str]) -> None:
         """Ask the service again for assets already followed, so that it sends a fresh `book` for each.

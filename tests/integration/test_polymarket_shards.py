@@ -9,7 +9,7 @@ import threading
 
 import pytest
 
-from pool import PersistentWorkerPool, PoolConfig
+from pool import PersistentWorkerPool, PoolConfig, UnknownAssetError
 from pool._service._synthetic import SyntheticMarket
 from pool.feeds import PolymarketFeed
 from pool.models import PoolEvent, PoolEventKind
@@ -33,8 +33,10 @@ async def settled(feed: PolymarketFeed, server: ShardedMarketServer, pool: Persi
     await pool.flush()
 
 
-async def assert_exact(pool: PersistentWorkerPool, server: ShardedMarketServer, *, live: bool = True) -> None:
-    for asset_id in server.reference.bids:
+async def assert_exact(
+    pool: PersistentWorkerPool, server: ShardedMarketServer, *, live: bool = True, assets: list[str] | None = None
+) -> None:
+    for asset_id in assets if assets is not None else server.reference.bids:
         view = await pool.get_book(asset_id)
         assert not (live and view.stale), asset_id
         assert (as_decimals(view.bids), as_decimals(view.asks)) == server.reference.levels(asset_id), asset_id
@@ -172,3 +174,40 @@ async def test_http_429_on_connect_holds_every_connection_back(anyio_backend: st
         if status == 429:
             assert later - refused_at >= 0.3, server.attempts
     assert [status for _, status in server.attempts].count(101) == 3
+
+
+async def test_unsubscribe_drops_the_books_and_closes_an_emptied_connection(anyio_backend: str) -> None:
+    """Unsubscribing every asset of one connection and a few of another: the service is told, their books
+    leave the pool (`get_book` says there is none, `total_books` drops, the workers' counts too), the
+    emptied connection is closed, and a later subscription builds a book anew."""
+    market = SyntheticMarket(40, seed=609)
+    first, rest = market.asset_ids[:20], market.asset_ids[20:]
+    with ShardedMarketServer(market.snapshots()) as server:
+        async with (
+            PersistentWorkerPool(pool_config()) as pool,
+            PolymarketFeed(
+                pool,
+                market.asset_ids,
+                url=server.url,
+                assets_per_connection=20,
+                connect_interval=0.0,
+                stall_timeout=None,
+            ) as feed,
+        ):
+            await until(lambda: feed.stats.connections_open == 2 and feed.stats.awaiting_books == 0, what="books")
+            await pool.flush()
+            assert pool.get_status().total_books == 40
+            await feed.unsubscribe([*first, *rest[:5]])
+            # The workers count their books in their next report, which follows the removal at once.
+            await until(lambda: pool.get_status().total_books == 15, what="the books dropped in the workers")
+            for asset_id in [*first, *rest[:5]]:
+                with pytest.raises(UnknownAssetError, match="dropped"):
+                    await pool.get_book(asset_id)
+            assert (feed.stats.subscribed, feed.stats.connections) == (15, 1)
+            await until(lambda: server.clients[0].gone, what="the emptied connection closed")
+            await feed.subscribe(rest[:1])
+            await until(lambda: feed.stats.awaiting_books == 0, what="the book again")
+            await pool.flush()
+            await assert_exact(pool, server, assets=[rest[0], *rest[5:]])
+    unsubscribed = [op for op in server.clients[1].operations if op.get("operation") == "unsubscribe"]
+    assert [sorted(op["assets_ids"]) for op in unsubscribed] == [sorted(rest[:5])]

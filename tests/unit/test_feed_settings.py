@@ -49,6 +49,4 @@ def test_assets_are_shared_out_in_order_and_any_number_is_taken() -> None:
     assert (feed.stats.subscribed, feed.stats.connections) == (1_201, 7)
     anyio.run(feed.subscribe, [str(n) for n in range(1_195, 1_401)])  # 6 known, 200 new
     assert (feed.stats.subscribed, feed.stats.connections) == (1_401, 8)
-    anyio.run(feed.unsubscribe, [str(n) for n in range(1_400, 1_401)])  # the 8th connection's only asset
-    assert (feed.stats.subscribed, feed.stats.connections) == (1_400, 7)
     assert not feed.stats.connected  # not running: nothing is open
