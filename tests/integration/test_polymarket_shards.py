@@ -204,10 +204,12 @@ async def test_unsubscribe_drops_the_books_and_closes_an_emptied_connection(anyi
                 with pytest.raises(UnknownAssetError, match="dropped"):
                     await pool.get_book(asset_id)
             assert (feed.stats.subscribed, feed.stats.connections) == (15, 1)
-            await until(lambda: server.clients[0].gone, what="the emptied connection closed")
+            emptied = next(c for c in server.clients if c.operations[0]["assets_ids"] == first)
+            await until(lambda: emptied.gone, what="the emptied connection closed")
             await feed.subscribe(rest[:1])
             await until(lambda: feed.stats.awaiting_books == 0, what="the book again")
             await pool.flush()
             await assert_exact(pool, server, assets=[rest[0], *rest[5:]])
-    unsubscribed = [op for op in server.clients[1].operations if op.get("operation") == "unsubscribe"]
+    kept = next(c for c in server.clients if c.operations[0]["assets_ids"] == rest)
+    unsubscribed = [op for op in kept.operations if op.get("operation") == "unsubscribe"]
     assert [sorted(op["assets_ids"]) for op in unsubscribed] == [sorted(rest[:5])]
