@@ -14,6 +14,7 @@ from ._messages import (
     LastTradePrice,
     Level,
     MessageError,
+    NewMarket,
     PriceChange,
     PriceChangeEntry,
     RejectedEvent,
@@ -22,6 +23,7 @@ from ._messages import (
     TickSizeChange,
     UnknownEvent,
     decode_frame,
+    decode_new_markets,
     event_asset_ids,
 )
 from ._status import (
@@ -56,6 +58,7 @@ __all__ = [
     "Level",
     "MemoryStatus",
     "MessageError",
+    "NewMarket",
     "OrderBook",
     "PoolConfig",
     "PoolEvent",
@@ -78,6 +81,7 @@ __all__ = [
     "WorkerStats",
     "WorkerStatus",
     "decode_frame",
+    "decode_new_markets",
     "event_asset_ids",
     "format_decimal",
     "parse_decimal",

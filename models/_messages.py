@@ -25,6 +25,7 @@ __all__ = [
     "LastTradePrice",
     "Level",
     "MessageError",
+    "NewMarket",
     "PriceChange",
     "PriceChangeEntry",
     "RejectedEvent",
@@ -33,6 +34,7 @@ __all__ = [
     "TickSizeChange",
     "UnknownEvent",
     "decode_frame",
+    "decode_new_markets",
     "event_asset_ids",
 ]
 
@@ -179,6 +181,41 @@ class TickSizeChange(msgspec.Struct, tag_field="event_type", tag="tick_size_chan
     old_tick_size: str
     new_tick_size: str
     timestamp: int | None = None
+
+
+class NewMarket(msgspec.Struct, tag_field="event_type", tag="new_market", frozen=True, kw_only=True, gc=False):
+    """A market opened (sent with ``custom_feature_enabled``): its tokens, and what a filter may choose by.
+
+    Not a book event: the workers skip it (`UnknownEvent`); a feed reads it (`feeds.PolymarketFeed`'s
+    ``on_new_market``) to follow new markets as they open.
+    """
+
+    market: str
+    assets_ids: list[str]
+    id: str | None = None
+    question: str = ""
+    slug: str = ""
+    outcomes: list[str] = []
+    tags: list[str] = []
+    active: bool = True
+    timestamp: int | None = None
+
+
+_new_markets = msgspec.json.Decoder(NewMarket | list[NewMarket], strict=False)
+
+
+def decode_new_markets(frame: bytes) -> list[NewMarket]:
+    """The `NewMarket` events of a frame that holds only those.
+
+    Raises:
+        MessageError: the frame is not one ``new_market`` event or an array of them.
+    """
+    try:
+        events = _new_markets.decode(frame)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        reason: Rejection = "invalid_event" if isinstance(exc, msgspec.ValidationError) else "not_json"
+        raise MessageError(f"not a new_market frame: {exc}", reason) from None
+    return events if isinstance(events, list) else [events]
 
 
 class UnknownEvent(msgspec.Struct, frozen=True):

@@ -265,7 +265,7 @@ class FeedStatus(msgspec.Struct, frozen=True, kw_only=True):
     connection attempts answered with HTTP 429, ``awaiting_books`` the assets whose `book` has not come
     since they were subscribed to; ``duplicates`` counts frames dropped because the connection that follows
     their assets delivers them too, and ``moved`` the assets moved to the connection of their market's
-    other token.
+    other token; ``new_markets`` counts the ``new_market`` events seen (each market once).
     """
 
     name: str
@@ -285,6 +285,7 @@ class FeedStatus(msgspec.Struct, frozen=True, kw_only=True):
     awaiting_books: int = 0
     duplicates: int = 0
     moved: int = 0
+    new_markets: int = 0
 
 
 class PoolStatus(msgspec.Struct, frozen=True, kw_only=True):

@@ -48,6 +48,7 @@ class Settings:
     backoff: float
     max_backoff: float
     open_timeout: float
+    market_events: bool  # subscribe with custom_feature_enabled: best_bid_ask, new_market, market_resolved
 
 
 class ConnectGate:
@@ -195,7 +196,9 @@ class Connection:
         self._log.info("feed_connected", assets=len(self.assets), reconnects=self.opened - 1)
         try:
             # `initial_dump` defaults to true, but without it some books never come at scale (nautilus_trader #3963).
-            subscription = {"assets_ids": list(self.assets), "type": "market", "initial_dump": True}
+            subscription: dict[str, object] = {"assets_ids": list(self.assets), "type": "market", "initial_dump": True}
+            if self._settings.market_events:
+                subscription["custom_feature_enabled"] = True
             await socket.send_text(msgspec.json.encode(subscription).decode())
             async with anyio.create_task_group() as tasks:
                 tasks.start_soon(self._keep_alive, socket)

@@ -21,7 +21,7 @@ which makes each book live again.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import Any
 
@@ -30,7 +30,7 @@ import anyio.abc
 import msgspec
 
 from pool import BrokenWorkerError
-from pool.models import FeedStatus
+from pool.models import FeedStatus, MessageError, NewMarket, decode_new_markets
 from pool.models._frame_ids import frame_ids_decoder
 from pool.models._logging import get_logger
 
@@ -45,6 +45,8 @@ MAX_ASSETS_PER_CONNECTION = 500
 # The default share of a connection, as nautilus_trader's: well below the limit, so that a connection can
 # take over the other token of its markets (and `subscribe` fill it up) without nearing it.
 DEFAULT_ASSETS_PER_CONNECTION = 200
+# New markets remembered, so that the copies other connections bring are not decided on again.
+_MARKETS_REMEMBERED = 10_000
 
 
 class PolymarketFeed:
@@ -70,6 +72,11 @@ class PolymarketFeed:
         max_frame_bytes: larger frames are counted and skipped.
         backoff, max_backoff: the first reconnect delay and its cap (doubling, with up to 50% jitter).
         open_timeout: seconds to connect and complete the handshake.
+        market_events: subscribe with ``custom_feature_enabled``, so that the service also sends
+            ``best_bid_ask``, ``new_market`` and ``market_resolved``.
+        on_new_market: with ``market_events``, called with each `pool.models.NewMarket` (once a market,
+            whichever connection brings it); when it returns true, the feed subscribes to the market's
+            tokens. An exception in it is logged and counts as false.
         name: its key in the pool's ``get_status().feeds``.
     """
 
@@ -89,6 +96,8 @@ class PolymarketFeed:
         backoff: float = 0.5,
         max_backoff: float = 30.0,
         open_timeout: float = 10.0,
+        market_events: bool = False,
+        on_new_market: Callable[[NewMarket], bool] | None = None,
         name: str = "polymarket",
     ) -> None:
         for setting, value in (
@@ -110,6 +119,11 @@ class PolymarketFeed:
                 f"PolymarketFeed assets_per_connection={assets_per_connection} is more than the "
                 f"{MAX_ASSETS_PER_CONNECTION} assets Polymarket sends book data for on one connection"
             )
+        if on_new_market is not None and not market_events:
+            raise ValueError(
+                "PolymarketFeed on_new_market needs market_events=True: the service sends new_market only to a "
+                "subscription with custom_feature_enabled"
+            )
         if idle_timeout <= ping_interval:
             raise ValueError(
                 f"PolymarketFeed idle_timeout ({idle_timeout!r}) must be longer than ping_interval "
@@ -129,7 +143,10 @@ class PolymarketFeed:
             backoff=backoff,
             max_backoff=max_backoff,
             open_timeout=open_timeout,
+            market_events=market_events,
         )
+        self._on_new_market = on_new_market
+        self._markets_seen: dict[str, None] = {}  # the latest new markets, so each is decided on once
         self._gate = ConnectGate(connect_interval)
         self._log = get_logger("pool.feeds.polymarket").bind(url=url)
         self._connections: list[Connection] = []
@@ -141,6 +158,7 @@ class PolymarketFeed:
         self._undelivered = 0
         self._duplicates = 0
         self._moved = 0
+        self._new_markets_seen = 0
         self._split_warned = False
         self._failed_workers: set[int] = set()
         self._last_frame: float | None = None
@@ -171,6 +189,7 @@ class PolymarketFeed:
             awaiting_books=sum(len(connection.awaiting) for connection in self._connections),
             duplicates=self._duplicates,
             moved=self._moved,
+            new_markets=self._new_markets_seen,
         )
 
     async def __aenter__(self) -> PolymarketFeed:
@@ -270,6 +289,8 @@ class PolymarketFeed:
         self._frames += 1
         self._bytes += len(frame)
         self._last_frame = time.monotonic()
+        if self._on_new_market is not None and b'"new_market"' in frame:
+            await self._new_markets(frame)
         if len(self._connections) > 1 or connection.awaiting:
             try:
                 ids = frame_ids_decoder.decode(frame)
@@ -330,6 +351,29 @@ class PolymarketFeed:
         await connection.subscribe(asset_ids)
         for emptied in [c for c in self._connections if not c.assets]:
             self._retire(emptied)
+
+    async def _new_markets(self, frame: bytes) -> None:
+        """Subscribe to the tokens of each new market the user's filter takes, once a market."""
+        assert self._on_new_market is not None
+        try:
+            markets = decode_new_markets(frame)
+        except MessageError:
+            return  # not only new markets in it: the pool counts what it is
+        for market in markets:
+            if market.market in self._markets_seen:
+                continue  # another connection brought it first
+            self._markets_seen[market.market] = None
+            if len(self._markets_seen) > _MARKETS_REMEMBERED:
+                del self._markets_seen[next(iter(self._markets_seen))]
+            self._new_markets_seen += 1
+            try:
+                wanted = bool(self._on_new_market(market))
+            except Exception:
+                self._log.exception("feed_new_market_filter_failed", market=market.market)
+                wanted = False
+            if wanted:
+                self._log.info("feed_new_market_followed", market=market.market, assets=len(market.assets_ids))
+                await self.subscribe(market.assets_ids)
 
     async def _on_stale(self, connection: Connection, asset_ids: list[str]) -> None:
         stale = await self._pool.mark_stale(asset_ids)

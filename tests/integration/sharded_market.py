@@ -6,7 +6,8 @@ to the server's reference and sent, in order, to every connection subscribed to 
 ``price_change`` naming both tokens of a market reaches the connections of both). Faults, as the service
 shows them: the first ``reject_first`` handshakes are answered with HTTP 429 (and ``Retry-After``); the
 books of ``withhold`` are left out of the first subscription that names them; `stall` makes a connection
-send no more market data while it still answers ``PING``. It runs the ``websockets`` library's asyncio
+send no more market data while it still answers ``PING``. A ``new_market`` frame goes to every
+connection subscribed with ``custom_feature_enabled``. It runs the ``websockets`` library's asyncio
 server on a thread of its own, independent of the backend the test runs the pool on.
 """
 
@@ -35,6 +36,7 @@ class _Client:
         self.stalled = False
         self.gone = False
         self.operations: list[dict[str, Any]] = []
+        self.market_events = False  # subscribed with custom_feature_enabled
 
 
 class ShardedMarketServer:
@@ -120,8 +122,10 @@ class ShardedMarketServer:
             with self.lock:
                 self.reference.apply_frames([frame])
             text = frame.decode()
+            service_wide = not named and b'"new_market"' in frame  # to every custom-feature subscription
             for client in self.open_clients():
-                if client.assets & named and not client.stalled:
+                wants = client.market_events if service_wide else bool(client.assets & named)
+                if wants and not client.stalled:
                     client.queue.put_nowait(text)
 
     async def _handle(self, connection: ServerConnection) -> None:
@@ -137,6 +141,7 @@ class ShardedMarketServer:
                         continue
                     request = json.loads(message)
                     client.operations.append(request)
+                    client.market_events = client.market_events or bool(request.get("custom_feature_enabled"))
                     asset_ids = request["assets_ids"]
                     if request.get("operation") == "unsubscribe":
                         client.assets.difference_update(asset_ids)

@@ -7,14 +7,15 @@ from __future__ import annotations
 import random
 import threading
 
+import msgspec
 import pytest
 
 from pool import PersistentWorkerPool, PoolConfig, UnknownAssetError
 from pool._service._synthetic import SyntheticMarket
 from pool.feeds import PolymarketFeed
-from pool.models import PoolEvent, PoolEventKind
+from pool.models import NewMarket, PoolEvent, PoolEventKind
 from tests.integration.sharded_market import ShardedMarketServer
-from tests.support import as_decimals, event_asset_ids, until
+from tests.support import as_decimals, event_asset_ids, fixture_bytes, until
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(90)]
 
@@ -213,3 +214,45 @@ async def test_unsubscribe_drops_the_books_and_closes_an_emptied_connection(anyi
     kept = next(c for c in server.clients if c.operations[0]["assets_ids"] == rest)
     unsubscribed = [op for op in kept.operations if op.get("operation") == "unsubscribe"]
     assert [sorted(op["assets_ids"]) for op in unsubscribed] == [sorted(rest[:5])]
+
+
+async def test_new_markets_a_filter_takes_are_followed_once(anyio_backend: str) -> None:
+    """With market_events, the subscription asks for custom features; two `new_market` frames (the recorded
+    one, its tokens put on markets the server holds) reach both connections: the filter sees each market
+    once, and the feed follows the one it takes, whose books come and are exact."""
+    market = SyntheticMarket(44, seed=611)
+    followed, new_stock, new_other = market.asset_ids[:40], market.asset_ids[40:42], market.asset_ids[42:44]
+    recorded = msgspec.json.decode(fixture_bytes("ws_new_market_2025-12.json"))
+    frames = [
+        msgspec.json.encode({**recorded, "market": f"0x{n:064x}", "assets_ids": ids, "tags": tags})
+        for n, ids, tags in ((1, new_stock, ["stocks"]), (2, new_other, ["sports"]))
+    ]
+    seen: list[NewMarket] = []
+
+    def stocks_only(new: NewMarket) -> bool:
+        seen.append(new)
+        return "stocks" in new.tags
+
+    with ShardedMarketServer(market.snapshots()) as server:
+        async with (
+            PersistentWorkerPool(pool_config()) as pool,
+            PolymarketFeed(
+                pool, followed, url=server.url, assets_per_connection=20, connect_interval=0.0, stall_timeout=None,
+                market_events=True, on_new_market=stocks_only,
+            ) as feed,
+        ):  # fmt: skip
+            await until(lambda: feed.stats.connections_open == 2 and feed.stats.awaiting_books == 0, what="books")
+            server.publish(frames)
+            await until(lambda: feed.stats.subscribed == 42 and feed.stats.awaiting_books == 0, what="the new books")
+            server.publish(list(market.updates(1_000)))
+            await settled(feed, server, pool)
+            await assert_exact(pool, server, assets=[*followed, *new_stock])
+            for asset_id in new_other:
+                with pytest.raises(UnknownAssetError):
+                    await pool.get_book(asset_id)
+            assert feed.stats.new_markets == 2
+    assert [(new.market, new.assets_ids, new.question) for new in seen] == [
+        (f"0x{1:064x}", new_stock, recorded["question"]),
+        (f"0x{2:064x}", new_other, recorded["question"]),
+    ]
+    assert all(client.operations[0]["custom_feature_enabled"] is True for client in server.clients)

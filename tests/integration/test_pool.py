@@ -239,7 +239,10 @@ class TestBooksAreExact:
             assert pool.get_status().messages_published == len(market.asset_ids)
 
     def test_unknown_asset(self) -> None:
-        with PersistentWorkerPool(config()) as pool, pytest.raises(UnknownAssetError, match="no `book` snapshot was published for it"):
+        with (
+            PersistentWorkerPool(config()) as pool,
+            pytest.raises(UnknownAssetError, match="no `book` snapshot was published for it"),
+        ):
             pool.get_book("123")
 
 

@@ -50,3 +50,8 @@ def test_assets_are_shared_out_in_order_and_any_number_is_taken() -> None:
     anyio.run(feed.subscribe, [str(n) for n in range(1_195, 1_401)])  # 6 known, 200 new
     assert (feed.stats.subscribed, feed.stats.connections) == (1_401, 8)
     assert not feed.stats.connected  # not running: nothing is open
+
+
+def test_following_new_markets_needs_the_market_events() -> None:
+    with pytest.raises(ValueError, match="on_new_market needs market_events=True"):
+        PolymarketFeed(object(), ["1"], on_new_market=lambda market: True)

@@ -19,6 +19,7 @@ from pool.models import (
     TickSizeChange,
     UnknownEvent,
     decode_frame,
+    decode_new_markets,
 )
 from tests.support import FIXTURES, fixture_bytes, sequence_objects
 
@@ -91,6 +92,19 @@ class TestRecordedFixtures:
         """best_bid_ask and new_market are well formed but not applied: they decode as UnknownEvent."""
         assert decode_frame(fixture_bytes("ws_best_bid_ask_2025-12.json")) == [UnknownEvent("best_bid_ask")]
         assert decode_frame(fixture_bytes("ws_new_market_2025-12.json")) == [UnknownEvent("new_market")]
+
+    def test_a_new_market_decodes_for_the_feed_and_anything_else_is_refused(self) -> None:
+        """The recorded `new_market` (its timestamp a string), alone or in an array; a book is not one."""
+        (new,) = decode_new_markets(fixture_bytes("ws_new_market_2025-12.json"))
+        assert new.market.startswith("0x311d0c4b") and len(new.assets_ids) == 2 and new.tags == ["stocks"]
+        assert (new.outcomes, new.active, new.timestamp) == (["Yes", "No"], True, 1766790415550)
+        assert decode_new_markets(b"[" + fixture_bytes("ws_new_market_2025-12.json") + b"]") == [new]
+        with pytest.raises(MessageError) as refused:
+            decode_new_markets(fixture_bytes("ws_book_2024-09.json"))
+        assert refused.value.reason == "invalid_event"
+        with pytest.raises(MessageError, match="not a new_market frame") as refused:
+            decode_new_markets(b"{not json")
+        assert refused.value.reason == "not_json"
 
 
 class TestFrames:
