@@ -20,45 +20,26 @@ import asyncio
 import contextlib
 import json
 import threading
-from typing import Any
+from typing import Any, Self
 
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
 
 from tests.support import ReferenceBooks, rest_shape
 
 
-class MarketServer:
-    def __init__(
-        self,
-        initial: list[bytes],
-        stream: list[bytes],
-        *,
-        drop_after: int | None = None,
-        corrupt: bool = False,
-        hold_reconnect: bool = False,
-        go_silent: bool = False,
-        pause_every: int = 0,
-    ) -> None:
+class LocalChannel:
+    """A market channel on 127.0.0.1: the ``websockets`` asyncio server on a thread of its own, serving each
+    connection with the subclass's ``_handle``; ``_admit`` may answer a handshake with an HTTP response.
+    Holds the reference of every book it has sent (``reference``, under ``lock``)."""
+
+    def __init__(self, initial: list[bytes]) -> None:
         self.lock = threading.Lock()  # the reference is read by other threads (`rest_books`)
-        self.pause_every = pause_every
         self.reference = ReferenceBooks()
         self.reference.apply_frames(initial)
-        self.stream = stream
-        self.position = 0  # stream frames sent so far, over all connections
-        self.sent = 0  # frames sent in all, dumps included
-        self.drop_after = drop_after
-        self.corrupt = corrupt
-        self.go_silent = go_silent
-        self.resume = threading.Event()  # with hold_reconnect: answer the reconnected subscription
-        if not hold_reconnect:
-            self.resume.set()
-        self.connections = 0
-        self.dumps = 0  # connections whose initial dump has been sent
-        self.subscriptions: list[dict[str, Any]] = []  # the first message of each connection
-        self.operations: list[dict[str, Any]] = []  # later subscribe/unsubscribe messages
+        self.sent = 0
         self.pings = 0
-        self.finished = threading.Event()  # the whole stream has been sent
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._stop: asyncio.Event | None = None
@@ -75,7 +56,7 @@ class MarketServer:
     def url(self) -> str:
         return f"ws://127.0.0.1:{self.port}/ws/market"
 
-    def __enter__(self) -> MarketServer:
+    def __enter__(self) -> Self:
         self._thread.start()
         self._ready.wait(10)
         return self
@@ -91,10 +72,53 @@ class MarketServer:
 
     async def _main(self) -> None:
         self._stop = asyncio.Event()
-        async with serve(self._handle, "127.0.0.1", 0, max_size=None) as server:
+        async with serve(self._handle, "127.0.0.1", 0, max_size=None, process_request=self._admit) as server:
             self.port = next(iter(server.sockets)).getsockname()[1]
             self._ready.set()
             await self._stop.wait()
+
+    def _admit(self, connection: ServerConnection, request: Request) -> Response | None:
+        return None  # every handshake is accepted
+
+    async def _handle(self, connection: ServerConnection) -> None:
+        raise NotImplementedError
+
+    async def _pong(self, connection: ServerConnection, message: str | bytes) -> bool:
+        """Answer a keep-alive ``PING`` as the service does; False for any other message."""
+        if message != "PING":
+            return False
+        self.pings += 1
+        await connection.send("PONG")
+        return True
+
+
+class MarketServer(LocalChannel):
+    def __init__(
+        self,
+        initial: list[bytes],
+        stream: list[bytes],
+        *,
+        drop_after: int | None = None,
+        corrupt: bool = False,
+        hold_reconnect: bool = False,
+        go_silent: bool = False,
+        pause_every: int = 0,
+    ) -> None:
+        super().__init__(initial)
+        self.pause_every = pause_every
+        self.stream = stream
+        self.position = 0  # stream frames sent so far, over all connections
+        self.drop_after = drop_after
+        self.corrupt = corrupt
+        self.go_silent = go_silent
+        self.resume = threading.Event()  # with hold_reconnect: answer the reconnected subscription
+        if not hold_reconnect:
+            self.resume.set()
+        self.connections = 0
+        self.dumps = 0  # connections whose initial dump has been sent
+        self.subscriptions: list[dict[str, Any]] = []  # the first message of each connection
+        self.operations: list[dict[str, Any]] = []  # later subscribe/unsubscribe messages
+        self.finished = threading.Event()  # the whole stream has been sent
 
     async def _handle(self, connection: ServerConnection) -> None:
         with contextlib.suppress(ConnectionClosed):  # the client left: the test is over, or it reconnects
@@ -137,9 +161,7 @@ class MarketServer:
         async for message in connection:  # stay open; answer keep-alives and subscription changes
             if self.go_silent and number == 1:
                 continue
-            if message == "PING":
-                self.pings += 1
-                await connection.send("PONG")
+            if await self._pong(connection, message):
                 continue
             operation = json.loads(message)
             self.operations.append(operation)

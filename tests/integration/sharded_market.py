@@ -16,16 +16,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import threading
 import time
 from collections.abc import Iterable
 from http import HTTPStatus
 from typing import Any
 
-from websockets.asyncio.server import Request, Response, ServerConnection, serve
+from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
 
-from tests.support import ReferenceBooks
+from tests.integration.market_server import LocalChannel
 
 
 class _Client:
@@ -39,7 +39,7 @@ class _Client:
         self.market_events = False  # subscribed with custom_feature_enabled
 
 
-class ShardedMarketServer:
+class ShardedMarketServer(LocalChannel):
     def __init__(
         self,
         initial: list[bytes],
@@ -48,25 +48,12 @@ class ShardedMarketServer:
         retry_after: float | None = None,
         withhold: Iterable[str] = (),
     ) -> None:
-        self.lock = threading.Lock()
-        self.reference = ReferenceBooks()
-        self.reference.apply_frames(initial)
+        super().__init__(initial)
         self.reject_first = reject_first
         self.retry_after = retry_after
         self.withhold = set(withhold)
         self.attempts: list[tuple[float, int]] = []  # (monotonic time, HTTP status) of every handshake
         self.clients: list[_Client] = []
-        self.sent = 0  # market-data frames sent, over all connections
-        self.pings = 0
-        self._loop = asyncio.new_event_loop()
-        self._ready = threading.Event()
-        self._stop: asyncio.Event | None = None
-        self.port = 0
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/ws/market"
 
     def open_clients(self) -> list[_Client]:
         return [client for client in self.clients if not client.gone]
@@ -81,27 +68,6 @@ class ShardedMarketServer:
 
     def drained(self) -> bool:
         return all(client.queue.empty() for client in self.clients)
-
-    def __enter__(self) -> ShardedMarketServer:
-        self._thread.start()
-        self._ready.wait(10)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        assert self._stop is not None
-        self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(10)
-
-    def _run(self) -> None:
-        self._loop.run_until_complete(self._main())
-        self._loop.close()
-
-    async def _main(self) -> None:
-        self._stop = asyncio.Event()
-        async with serve(self._handle, "127.0.0.1", 0, max_size=None, process_request=self._admit) as server:
-            self.port = next(iter(server.sockets)).getsockname()[1]
-            self._ready.set()
-            await self._stop.wait()
 
     def _admit(self, connection: ServerConnection, request: Request) -> Response | None:
         if len([a for a in self.attempts if a[1] == 429]) < self.reject_first:
@@ -135,9 +101,7 @@ class ShardedMarketServer:
         try:
             with contextlib.suppress(ConnectionClosed):
                 async for message in connection:
-                    if message == "PING":
-                        self.pings += 1
-                        await connection.send("PONG")
+                    if await self._pong(connection, message):
                         continue
                     request = json.loads(message)
                     client.operations.append(request)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import random
 import threading
+from typing import Any
 
 import msgspec
 import pytest
@@ -22,6 +23,22 @@ pytestmark = [pytest.mark.anyio, pytest.mark.timeout(90)]
 
 def pool_config() -> PoolConfig:
     return PoolConfig(worker_count=2, heartbeat_interval=0.5)
+
+
+def feed_of(
+    pool: PersistentWorkerPool, server: ShardedMarketServer, assets: list[str], **settings: Any
+) -> PolymarketFeed:
+    """A feed on ``server`` with the tests' settings (20 assets a connection, no pause between
+    connections, no stall watchdog) unless ``settings`` say otherwise."""
+    defaults: dict[str, Any] = {"assets_per_connection": 20, "connect_interval": 0.0, "stall_timeout": None}
+    return PolymarketFeed(pool, assets, url=server.url, **{**defaults, **settings})
+
+
+async def every_book(feed: PolymarketFeed, connections: int) -> None:
+    """Wait until ``connections`` are open and every asset's book has come."""
+    await until(
+        lambda: feed.stats.connections_open == connections and feed.stats.awaiting_books == 0, what="every book"
+    )
 
 
 async def settled(feed: PolymarketFeed, server: ShardedMarketServer, pool: PersistentWorkerPool) -> None:
@@ -56,9 +73,9 @@ async def test_1200_assets_over_six_connections_end_exact_with_split_markets_bro
     with ShardedMarketServer(market.snapshots()) as server:
         async with (
             PersistentWorkerPool(pool_config()) as pool,
-            PolymarketFeed(pool, order, url=server.url, connect_interval=0.02, stall_timeout=None) as feed,
+            feed_of(pool, server, order, assets_per_connection=200, connect_interval=0.02) as feed,
         ):
-            await until(lambda: feed.stats.connections_open == 6 and feed.stats.awaiting_books == 0, what="books")
+            await every_book(feed, 6)
             updates = list(market.updates(20_000))
             for start in range(0, len(updates), 2_000):
                 server.publish(updates[start : start + 2_000])
@@ -89,20 +106,12 @@ async def test_a_connection_that_answers_ping_but_sends_no_data_is_replaced(anyi
 
         async with (
             PersistentWorkerPool(pool_config()) as pool,
-            PolymarketFeed(
-                pool,
-                market.asset_ids,
-                url=server.url,
-                assets_per_connection=20,
-                connect_interval=0.02,
-                ping_interval=0.2,
-                idle_timeout=1.0,
-                stall_timeout=1.0,
-                backoff=0.05,
+            feed_of(
+                pool, server, market.asset_ids, ping_interval=0.2, idle_timeout=1.0, stall_timeout=1.0, backoff=0.05
             ) as feed,
         ):
             pool.add_listener(events.append)
-            await until(lambda: feed.stats.connections_open == 2 and feed.stats.awaiting_books == 0, what="books")
+            await every_book(feed, 2)
             ticker = threading.Thread(target=tick, daemon=True)
             ticker.start()
             try:
@@ -134,7 +143,7 @@ async def test_an_asset_whose_book_never_comes_is_subscribed_to_again(anyio_back
     with ShardedMarketServer(market.snapshots(), withhold=withheld) as server:
         async with (
             PersistentWorkerPool(pool_config()) as pool,
-            PolymarketFeed(pool, market.asset_ids, url=server.url, book_timeout=0.5, stall_timeout=None) as feed,
+            feed_of(pool, server, market.asset_ids, assets_per_connection=200, book_timeout=0.5) as feed,
         ):
             await until(lambda: feed.stats.awaiting_books == 0 and feed.stats.resubscribes >= 3, what="asked again")
             server.publish(list(market.updates(2_000)))
@@ -155,17 +164,9 @@ async def test_http_429_on_connect_holds_every_connection_back(anyio_backend: st
     with ShardedMarketServer(market.snapshots(), reject_first=3, retry_after=0.3) as server:
         async with (
             PersistentWorkerPool(pool_config()) as pool,
-            PolymarketFeed(
-                pool,
-                market.asset_ids,
-                url=server.url,
-                assets_per_connection=20,
-                connect_interval=0.0,
-                backoff=0.01,
-                stall_timeout=None,
-            ) as feed,
+            feed_of(pool, server, market.asset_ids, backoff=0.01) as feed,
         ):
-            await until(lambda: feed.stats.connections_open == 3 and feed.stats.awaiting_books == 0, what="books")
+            await every_book(feed, 3)
             server.publish(list(market.updates(1_000)))
             await settled(feed, server, pool)
             await assert_exact(pool, server)
@@ -186,16 +187,9 @@ async def test_unsubscribe_drops_the_books_and_closes_an_emptied_connection(anyi
     with ShardedMarketServer(market.snapshots()) as server:
         async with (
             PersistentWorkerPool(pool_config()) as pool,
-            PolymarketFeed(
-                pool,
-                market.asset_ids,
-                url=server.url,
-                assets_per_connection=20,
-                connect_interval=0.0,
-                stall_timeout=None,
-            ) as feed,
+            feed_of(pool, server, market.asset_ids) as feed,
         ):
-            await until(lambda: feed.stats.connections_open == 2 and feed.stats.awaiting_books == 0, what="books")
+            await every_book(feed, 2)
             await pool.flush()
             assert pool.get_status().total_books == 40
             await feed.unsubscribe([*first, *rest[:5]])
@@ -236,12 +230,9 @@ async def test_new_markets_a_filter_takes_are_followed_once(anyio_backend: str) 
     with ShardedMarketServer(market.snapshots()) as server:
         async with (
             PersistentWorkerPool(pool_config()) as pool,
-            PolymarketFeed(
-                pool, followed, url=server.url, assets_per_connection=20, connect_interval=0.0, stall_timeout=None,
-                market_events=True, on_new_market=stocks_only,
-            ) as feed,
-        ):  # fmt: skip
-            await until(lambda: feed.stats.connections_open == 2 and feed.stats.awaiting_books == 0, what="books")
+            feed_of(pool, server, followed, market_events=True, on_new_market=stocks_only) as feed,
+        ):
+            await every_book(feed, 2)
             server.publish(frames)
             await until(lambda: feed.stats.subscribed == 42 and feed.stats.awaiting_books == 0, what="the new books")
             server.publish(list(market.updates(1_000)))
