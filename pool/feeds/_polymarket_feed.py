@@ -31,7 +31,7 @@ import msgspec
 
 from pool import BrokenWorkerError
 from pool.models import FeedStatus, MessageError, NewMarket, decode_new_markets
-from pool.models._frame_ids import frame_ids_decoder
+from pool.models._frame_ids import FrameIds, frame_ids_decoder
 from pool.models._logging import get_logger
 
 from ._polymarket_connection import ConnectGate, Connection, Settings
@@ -303,7 +303,7 @@ class PolymarketFeed:
         except BrokenWorkerError as exc:
             self._note_undelivered(exc)
 
-    async def _sort(self, connection: Connection, events: list[Any]) -> bool:
+    async def _sort(self, connection: Connection, events: list[FrameIds]) -> bool:
         """Whether ``connection`` is the one to publish a frame of ``events``; notes the books it brings,
         and takes over the assets it names that another connection follows (the tokens of a market)."""
         owner = self._owner

@@ -27,6 +27,7 @@ from wsproto.events import (
     Request,
     TextMessage,
 )
+from wsproto.typing import Headers
 from wsproto.utilities import LocalProtocolError
 
 __all__ = ["ConnectionClosed", "HandshakeRejected", "WebSocket"]
@@ -169,12 +170,12 @@ class WebSocket:
         await self._stream.aclose()
 
 
-def _retry_after(headers: object) -> float | None:
+def _retry_after(headers: Headers) -> float | None:
     """A ``Retry-After`` of seconds, from wsproto's header pairs (an HTTP date is ignored: back off instead)."""
-    for name, value in headers or ():  # type: ignore[attr-defined]
+    for name, value in headers:
         if bytes(name).lower() == b"retry-after":
             try:
-                seconds = float(bytes(value))
+                seconds = float(value)
             except ValueError:
                 return None
             return seconds if 0 <= seconds < 3600 else None
