@@ -8,11 +8,13 @@ import contextlib
 from ._book import BookState, BookStore, OrderBook, format_decimal, parse_decimal
 from ._config import PoolConfig
 from ._messages import (
+    BestBidAsk,
     BookEvent,
     Change,
     Event,
     LastTradePrice,
     Level,
+    MarketResolved,
     MessageError,
     NewMarket,
     PriceChange,
@@ -28,6 +30,7 @@ from ._messages import (
 )
 from ._status import (
     BATCH_SECONDS_BOUNDS,
+    BookChecks,
     BookView,
     ExitReason,
     FeedStatus,
@@ -37,6 +40,7 @@ from ._status import (
     PoolState,
     PoolStatus,
     RecycleCause,
+    Resolution,
     Trade,
     WorkerState,
     WorkerStats,
@@ -46,6 +50,8 @@ from ._tasks import TaskPriority, TaskState, TaskStatus
 
 __all__ = [
     "BATCH_SECONDS_BOUNDS",
+    "BestBidAsk",
+    "BookChecks",
     "BookEvent",
     "BookState",
     "BookStore",
@@ -56,6 +62,7 @@ __all__ = [
     "FeedStatus",
     "LastTradePrice",
     "Level",
+    "MarketResolved",
     "MemoryStatus",
     "MessageError",
     "NewMarket",
@@ -70,6 +77,7 @@ __all__ = [
     "RecycleCause",
     "RejectedEvent",
     "Rejection",
+    "Resolution",
     "Side",
     "TaskPriority",
     "TaskState",

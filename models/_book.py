@@ -20,18 +20,22 @@ from __future__ import annotations
 import sys
 from array import array
 from bisect import bisect_left
-from collections.abc import Callable
+from collections import ChainMap
+from collections.abc import Callable, Iterable, Mapping
 from itertools import islice
 from operator import lt
 from typing import cast
 
 import msgspec
 
+from ._hash import HashCheck, check_hash
 from ._messages import (
+    BestBidAsk,
     BookEvent,
     Event,
     LastTradePrice,
     Level,
+    MarketResolved,
     MessageError,
     PriceChange,
     RejectedEvent,
@@ -39,7 +43,7 @@ from ._messages import (
     TickSizeChange,
     UnknownEvent,
 )
-from ._status import BookView, Trade
+from ._status import BookChecks, BookView, Resolution, Trade
 
 __all__ = ["BookState", "BookStore", "OrderBook", "format_decimal", "parse_decimal"]
 
@@ -172,6 +176,9 @@ class BookState(msgspec.Struct, array_like=True, gc=False):
     last_trade: Trade | None
     floor: int | None
     stale: bool
+    min_order_size: str | None
+    neg_risk: bool | None
+    resolution: Resolution | None
     bid_prices: bytes
     bid_sizes: bytes
     ask_prices: bytes
@@ -206,6 +213,9 @@ class OrderBook:
         "floor",
         "last_trade",
         "market",
+        "min_order_size",
+        "neg_risk",
+        "resolution",
         "tick_size",
         "timestamp",
     )
@@ -217,6 +227,10 @@ class OrderBook:
         self.tick_size: str | None = None
         self.last_trade: Trade | None = None
         self.floor: int | None = None  # updates older than a recovery snapshot are already inside it
+        # What a REST snapshot says of the market and the exchange's hash covers (`check_hash`).
+        self.min_order_size: str | None = None
+        self.neg_risk: bool | None = None
+        self.resolution: Resolution | None = None  # set when the market settles: the book is closed
         self._bid_prices: list[float] = []
         self._bid_sizes = array("d")
         self._ask_prices: list[float] = []
@@ -232,6 +246,10 @@ class OrderBook:
             self.market = event.market
         if event.tick_size is not None:
             self.tick_size = event.tick_size
+        if event.min_order_size is not None:
+            self.min_order_size = event.min_order_size
+        if event.neg_risk is not None:
+            self.neg_risk = event.neg_risk
         if event.last_trade_price is not None and (
             self.last_trade is None or self.last_trade.price != event.last_trade_price
         ):
@@ -271,6 +289,27 @@ class OrderBook:
         """Record the new tick size. Levels stay: the exchange re-sends the levels that move."""
         _parse_price(event.new_tick_size)
         self.tick_size = event.new_tick_size
+
+    def close(self, resolution: Resolution) -> None:
+        """The market settled: its orders are gone, so the book keeps no level (its last trade and tick size
+        stay, for the record). A `BookStore` applies nothing to a closed book."""
+        self._bid_prices, self._bid_sizes = [], array("d")
+        self._ask_prices, self._ask_sizes = [], array("d")
+        self.resolution = resolution
+        if resolution.timestamp is not None:
+            self.timestamp = resolution.timestamp
+
+    def quote_matches(self, event: BestBidAsk) -> bool:
+        """Whether the book's best bid and ask are ``event``'s (a price outside (0, 1) is an empty side).
+
+        Raises:
+            MessageError: a price in ``event`` is not a decimal.
+        """
+        bid = parse_decimal(event.best_bid) if event.best_bid else 0.0
+        ask = parse_decimal(event.best_ask) if event.best_ask else 1.0
+        book_bid = self._bid_prices[-1] if self._bid_prices else 0.0
+        book_ask = self._ask_prices[0] if self._ask_prices else 1.0
+        return (bid if 0 < bid < 1 else 0.0) == book_bid and (ask if 0 < ask < 1 else 1.0) == book_ask
 
     def best_bid(self) -> tuple[str, str] | None:
         """The highest bid as ``(price, size)``, or ``None`` when there are no bids."""
@@ -322,6 +361,7 @@ class OrderBook:
             tick_size=self.tick_size,
             last_trade=self.last_trade,
             stale=stale,
+            resolution=self.resolution,
         )
 
     def snapshot(self) -> BookEvent:
@@ -335,6 +375,8 @@ class OrderBook:
             timestamp=self.timestamp,
             tick_size=self.tick_size,
             last_trade_price=self.last_trade.price if self.last_trade is not None else None,
+            min_order_size=self.min_order_size,
+            neg_risk=self.neg_risk,
         )
 
     def __repr__(self) -> str:
@@ -348,22 +390,46 @@ class BookStore:
     Args:
         owns: says whether an asset belongs to this store. A frame that spans several workers is sent to
             each of them whole; each applies only the assets it owns and passes over the rest silently.
+        verify_hashes: recompute the exchange's ``hash`` of every `book` event and count the outcome in
+            `checks` (see `check_hash`); nothing else depends on it.
+        quote_resync_after: after this many ``best_bid_ask`` events in a row that disagree with a book, the
+            book is marked stale and its asset added to `mismatched` (``None``: count them only).
 
     Events for an owned asset that has no book yet (no snapshot seen, e.g. the mirrored token of a binary
     market that nobody subscribed to) are skipped and counted in `skipped`: a delta without a base would
     build a wrong book. Events of a type it does not apply (`UnknownEvent`) are counted in `unknown`.
+
+    A book whose market settled (`MarketResolved`) moves from `books` to `resolved`: closed, it takes no
+    event any more (they count as skipped), and `readable` still finds it.
     """
 
-    def __init__(self, owns: Callable[[str], bool] | None = None) -> None:
+    def __init__(
+        self,
+        owns: Callable[[str], bool] | None = None,
+        *,
+        verify_hashes: bool = False,
+        quote_resync_after: int | None = None,
+    ) -> None:
         self.books: dict[str, OrderBook] = {}
+        self.resolved: dict[str, OrderBook] = {}
+        self.readable: Mapping[str, OrderBook] = ChainMap(self.books, self.resolved)
         self.stale: set[str] = set()
         self.skipped = 0
         self.superseded = 0
         self.unknown = 0
+        self.mismatched: list[str] = []  # marked stale for their quotes since the owner last took them
+        self.newly_resolved: list[OrderBook] = []  # closed since the owner last took them
         self._owns = owns
+        self._verify_hashes = verify_hashes
+        self._quote_resync_after = quote_resync_after
+        self._quote_misses: dict[str, int] = {}  # asset -> best_bid_ask mismatches in a row
+        self._quotes_checked = 0
+        self._quote_mismatches = 0
+        self._quote_resyncs = 0
+        self._hashes: dict[HashCheck, int] = {"matched": 0, "mismatched": 0, "unverifiable": 0}
 
     def __len__(self) -> int:
-        return len(self.books)
+        return len(self.books) + len(self.resolved)
 
     def apply(self, event: Event | UnknownEvent | RejectedEvent) -> list[OrderBook]:
         """Apply one event; return the books it changed, in the order it changed them.
@@ -392,7 +458,8 @@ class BookStore:
             book = self.books.get(event.asset_id)
             if book is not None and not self._current(book, event.timestamp):
                 return []
-            return [self._replace(event, floor=None)]
+            replaced = self._replace(event, floor=None)
+            return [] if replaced is None else [replaced]
         if type(event) is LastTradePrice or type(event) is TickSizeChange:
             book = self._book_for(event.asset_id, event.timestamp)
             if book is None:
@@ -402,6 +469,11 @@ class BookStore:
             else:
                 book.apply_tick_size_change(event)
             return [book]
+        if type(event) is BestBidAsk:
+            self._check_quote(event)
+            return []
+        if type(event) is MarketResolved:
+            return self._resolve(event)
         if type(event) is RejectedEvent:
             raise event.error()
         self.unknown += 1
@@ -426,6 +498,52 @@ class BookStore:
                 changed.append(book)
         return changed
 
+    def _check_quote(self, event: BestBidAsk) -> None:
+        """Compare the service's best bid and ask with the book's; resync a book that disagrees too often.
+
+        One mismatch may be a quote that overtook its `price_change`, so only ``quote_resync_after`` in a
+        row count as a wrong book. A stale book is not checked: it is known to be behind already.
+        """
+        book = self._book_for(event.asset_id, event.timestamp)
+        asset_id = event.asset_id
+        if book is None or asset_id in self.stale:
+            return
+        matches = book.quote_matches(event)  # raises for a bad price: the event is rejected, not counted here
+        self._quotes_checked += 1
+        if matches:
+            self._quote_misses.pop(asset_id, None)
+            return
+        self._quote_mismatches += 1
+        misses = self._quote_misses[asset_id] = self._quote_misses.get(asset_id, 0) + 1
+        if self._quote_resync_after is not None and misses >= self._quote_resync_after:
+            del self._quote_misses[asset_id]
+            self._quote_resyncs += 1
+            self.stale.add(asset_id)
+            self.mismatched.append(asset_id)
+
+    def _resolve(self, event: MarketResolved) -> list[OrderBook]:
+        """Close the books of a settled market; an asset waiting for its book (stale, none held) gets an
+        empty closed one, since no `book` will ever come for it."""
+        resolution = Resolution(
+            winning_asset_id=event.winning_asset_id, winning_outcome=event.winning_outcome, timestamp=event.timestamp
+        )
+        closed: list[OrderBook] = []
+        for asset_id in event.assets_ids:
+            if asset_id in self.resolved:
+                continue
+            book = self.books.pop(asset_id, None)
+            if book is None:
+                if asset_id not in self.stale:
+                    continue  # not followed here
+                book = OrderBook(asset_id, event.market)
+            book.close(resolution)
+            self.stale.discard(asset_id)
+            self._quote_misses.pop(asset_id, None)
+            self.resolved[asset_id] = book
+            self.newly_resolved.append(book)
+            closed.append(book)
+        return closed
+
     def _mine(self, asset_id: str) -> bool:
         return self._owns is None or self._owns(asset_id)
 
@@ -445,8 +563,14 @@ class BookStore:
         self.superseded += 1
         return False
 
-    def _replace(self, event: BookEvent, floor: int | None) -> OrderBook:
+    def _replace(self, event: BookEvent, floor: int | None) -> OrderBook | None:
+        """Install ``event`` as the book of its asset (``None``: its market has settled, the book is closed)."""
+        if event.asset_id in self.resolved:
+            self.skipped += 1
+            return None
         book = self.books.get(event.asset_id)
+        if self._verify_hashes:
+            self._check_hash(event, book)
         if book is None:
             book = OrderBook(event.asset_id, event.market)
             book.apply_snapshot(event)  # validate before the book is visible
@@ -455,14 +579,41 @@ class BookStore:
             book.apply_snapshot(event)
         book.floor = floor
         self.stale.discard(event.asset_id)
+        self._quote_misses.pop(event.asset_id, None)
         return book
 
-    def rebuild(self, event: BookEvent) -> OrderBook:
+    def _check_hash(self, event: BookEvent, book: OrderBook | None) -> None:
+        if book is None:
+            outcome = check_hash(event)
+        else:
+            outcome = check_hash(
+                event,
+                min_order_size=book.min_order_size,
+                tick_size=book.tick_size,
+                neg_risk=book.neg_risk,
+                last_trade_price=book.last_trade.price if book.last_trade is not None else None,
+            )
+        if outcome is not None:
+            self._hashes[outcome] += 1
+
+    def checks(self) -> BookChecks:
+        """What this store checked its books against so far."""
+        return BookChecks(
+            best_bid_ask_checked=self._quotes_checked,
+            best_bid_ask_mismatches=self._quote_mismatches,
+            best_bid_ask_resyncs=self._quote_resyncs,
+            hashes_matched=self._hashes["matched"],
+            hash_mismatches=self._hashes["mismatched"],
+            hashes_unverifiable=self._hashes["unverifiable"],
+        )
+
+    def rebuild(self, event: BookEvent) -> OrderBook | None:
         """Install a recovery snapshot: replace the book and ignore later-replayed updates older than it.
 
         The pool replays the frames a dead worker had not applied after the snapshot; those whose timestamp
         is earlier than the snapshot's are already inside it and are skipped (counted in `superseded`).
-        Updates carry absolute sizes, so one replayed at the snapshot's own timestamp is harmless.
+        Updates carry absolute sizes, so one replayed at the snapshot's own timestamp is harmless. Returns
+        ``None`` for an asset whose market has settled: its closed book stays as it is.
         """
         return self._replace(event, floor=event.timestamp)
 
@@ -471,32 +622,39 @@ class BookStore:
 
         A book the store holds keeps its levels and goes on taking updates, so a reader can still see the
         last known state, flagged; an asset with no book (one that could not be rebuilt) stays without one.
+        A closed book (its market settled) is never stale: there is nothing more it could miss.
         """
-        self.stale.update(asset_ids)
+        self.stale.update(asset_id for asset_id in asset_ids if asset_id not in self.resolved)
 
     def drop(self, asset_ids: list[str]) -> None:
         """Forget the books of ``asset_ids`` (no longer followed); a later `book` builds one anew."""
         for asset_id in asset_ids:
             self.books.pop(asset_id, None)
+            self.resolved.pop(asset_id, None)
             self.stale.discard(asset_id)
+            self._quote_misses.pop(asset_id, None)
 
-    def dump(self) -> list[BookState]:
-        """Every book, as `install` takes it in another process (a memory recycle hands the books over)."""
+    def dump(self, books: Iterable[OrderBook] | None = None) -> list[BookState]:
+        """Every book (or ``books``), as `install` takes it in another process: a memory recycle hands the
+        books over, and the pool keeps the closed books of settled markets, to restore them after a crash."""
         return [
             BookState(
-                asset_id=asset_id,
+                asset_id=book.asset_id,
                 market=book.market,
                 timestamp=book.timestamp,
                 tick_size=book.tick_size,
                 last_trade=book.last_trade,
                 floor=book.floor,
-                stale=asset_id in self.stale,
+                stale=book.asset_id in self.stale,
+                min_order_size=book.min_order_size,
+                neg_risk=book.neg_risk,
+                resolution=book.resolution,
                 bid_prices=array("d", book._bid_prices).tobytes(),
                 bid_sizes=book._bid_sizes.tobytes(),
                 ask_prices=array("d", book._ask_prices).tobytes(),
                 ask_sizes=book._ask_sizes.tobytes(),
             )
-            for asset_id, book in self.books.items()
+            for book in (self.readable.values() if books is None else books)
         ]
 
     def install(self, states: list[BookState]) -> list[OrderBook]:
@@ -511,9 +669,15 @@ class BookStore:
                 state.last_trade,
                 state.floor,
             )
+            book.min_order_size, book.neg_risk, book.resolution = state.min_order_size, state.neg_risk, state.resolution
             book._bid_prices, book._bid_sizes = _shared(_doubles(state.bid_prices), objects), _doubles(state.bid_sizes)
             book._ask_prices, book._ask_sizes = _shared(_doubles(state.ask_prices), objects), _doubles(state.ask_sizes)
-            self.books[state.asset_id] = book
+            if book.resolution is not None:
+                self.books.pop(state.asset_id, None)
+                self.resolved[state.asset_id] = book
+            else:
+                self.resolved.pop(state.asset_id, None)
+                self.books[state.asset_id] = book
             if state.stale:
                 self.stale.add(state.asset_id)
             else:
@@ -523,4 +687,4 @@ class BookStore:
 
     def memory_usage(self) -> int:
         """Sum of `OrderBook.memory_usage` over the store."""
-        return sum(book.memory_usage() for book in self.books.values())
+        return sum(book.memory_usage() for book in self.readable.values())

@@ -41,6 +41,7 @@ _RANGES: dict[str, tuple[type, float, float, bool]] = {
     "task_max_retries": (int, 0, 100, True),
     "max_pending_tasks": (int, 1, 100_000_000, True),
     "task_window": (int, 1, 1_000_000, True),
+    "best_bid_ask_resync_after": (int, 1, 1_000_000, True),
     "ray_num_cpus": (float, 0.0, 1024.0, True),
 }
 
@@ -87,6 +88,16 @@ class PoolConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
         task_window: tasks sent ahead to a worker, at most; the others wait in the parent by priority. Wider
             pipelines more small tasks (each costs a round trip); narrower lets priorities and `cancel` act
             on more of the tasks waiting (1: strictly by priority, one round trip per task).
+        best_bid_ask_resync_after: ``best_bid_ask`` events (sent to a feed with ``market_events``) that
+            disagree with a book, in a row, after which the book is marked stale and handed to ``on_resync``
+            (a feed asks the service for a fresh `book`). One mismatch may be a quote that overtook its
+            `price_change`; several in a row mean the book is wrong. Every mismatch is counted in
+            ``get_status().checks``. ``None``: count only, never resync.
+        verify_book_hash: recompute the exchange's ``hash`` of every `book` event and count whether it
+            matched (``get_status().checks``). Off by default: it costs a SHA-1 of the book per `book`, the
+            exchange's hash does not always reproduce (other clients report mismatches on live data), and a
+            WebSocket `book` can be checked against the current hash only once the book has learnt the
+            market's metadata from a REST snapshot. A mismatch is counted, never acted on.
         backend: where the workers run: ``process`` (child processes of this one) or ``ray`` (one Ray actor
             per worker, spread over the cluster's nodes; the ``ray`` extra).
         ray_address: the cluster to join under ``ray`` (``ray.init(address=...)``: ``"auto"``, or
@@ -120,6 +131,8 @@ class PoolConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     task_max_retries: int = 1
     max_pending_tasks: int = 10_000
     task_window: int = 8
+    best_bid_ask_resync_after: int | None = 3
+    verify_book_hash: bool = False
     backend: Backend = "process"
     ray_address: str | None = None
     ray_namespace: str | None = None
@@ -137,6 +150,8 @@ class PoolConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
             if too_low or value > high or (isinstance(value, float) and not math.isfinite(value)):
                 bracket = "[" if low_inclusive else "("
                 raise ValueError(f"PoolConfig.{name} must be in {bracket}{low:g}, {high:g}], got {value!r}")
+        if not isinstance(self.verify_book_hash, bool):
+            raise TypeError(f"PoolConfig.verify_book_hash must be a bool, got {self.verify_book_hash!r}")
         if self.start_method in _RETIRED_START_METHODS:
             raise ValueError(
                 f"PoolConfig.start_method {self.start_method!r} is not offered: workers start as fresh interpreters "

@@ -19,11 +19,13 @@ from typing import Literal, TypeAlias
 import msgspec
 
 __all__ = [
+    "BestBidAsk",
     "BookEvent",
     "Change",
     "Event",
     "LastTradePrice",
     "Level",
+    "MarketResolved",
     "MessageError",
     "NewMarket",
     "PriceChange",
@@ -86,6 +88,8 @@ class BookEvent(msgspec.Struct, tag_field="event_type", tag="book", kw_only=True
 
     ``bids`` arrive price-ascending and ``asks`` price-descending (best last), as the exchange sends them.
     ``timestamp`` is Unix epoch milliseconds (sent as a string or a number; normalised to ``int``).
+    ``min_order_size`` and ``neg_risk`` come with REST books only; the book keeps them, since the exchange's
+    ``hash`` covers them (`PoolConfig.verify_book_hash`).
     """
 
     asset_id: str
@@ -96,6 +100,8 @@ class BookEvent(msgspec.Struct, tag_field="event_type", tag="book", kw_only=True
     timestamp: int | None = None
     tick_size: str | None = None
     last_trade_price: str | None = None
+    min_order_size: str | None = None
+    neg_risk: bool | None = None
 
 
 class Change(msgspec.Struct, frozen=True, gc=False):
@@ -183,6 +189,37 @@ class TickSizeChange(msgspec.Struct, tag_field="event_type", tag="tick_size_chan
     timestamp: int | None = None
 
 
+class BestBidAsk(msgspec.Struct, tag_field="event_type", tag="best_bid_ask", kw_only=True, gc=False):
+    """The best bid and ask of ``asset_id`` as the service sees them (sent with ``custom_feature_enabled``).
+
+    It changes no book: a worker checks it against the book it holds (`PoolConfig.best_bid_ask_resync_after`).
+    A price outside (0, 1) ("0" bid, "1" ask, or empty) stands for an empty side.
+    """
+
+    asset_id: str
+    market: str = ""
+    best_bid: str
+    best_ask: str
+    spread: str = ""
+    timestamp: int | None = None
+
+
+class MarketResolved(msgspec.Struct, tag_field="event_type", tag="market_resolved", kw_only=True, gc=False):
+    """A market settled (sent with ``custom_feature_enabled``): the books of ``assets_ids`` are closed.
+
+    The shape is the one Polymarket documents (no trustworthy recording exists): ``assets_ids`` names the
+    market's tokens, ``winning_asset_id`` the token that won and ``winning_outcome`` its label ("Yes", a
+    team's name...).
+    """
+
+    market: str
+    assets_ids: list[str]
+    winning_asset_id: str
+    winning_outcome: str = ""
+    id: str | None = None
+    timestamp: int | None = None
+
+
 class NewMarket(msgspec.Struct, tag_field="event_type", tag="new_market", frozen=True, kw_only=True, gc=False):
     """A market opened (sent with ``custom_feature_enabled``): its tokens, and what a filter may choose by.
 
@@ -219,7 +256,7 @@ def decode_new_markets(frame: bytes) -> list[NewMarket]:
 
 
 class UnknownEvent(msgspec.Struct, frozen=True):
-    """A well-formed event of a type this library does not apply (e.g. ``best_bid_ask``); counted, skipped."""
+    """A well-formed event of a type this library does not apply (e.g. ``new_market``); counted, skipped."""
 
     event_type: str
 
@@ -241,13 +278,15 @@ class RejectedEvent(msgspec.Struct, frozen=True):
         return MessageError(self.message, self.reason)
 
 
-Event: TypeAlias = BookEvent | PriceChange | LastTradePrice | TickSizeChange
+Event: TypeAlias = BookEvent | PriceChange | LastTradePrice | TickSizeChange | BestBidAsk | MarketResolved
 
 _EVENT_TYPES: dict[str, type[Event]] = {
     "book": BookEvent,
     "price_change": PriceChange,
     "last_trade_price": LastTradePrice,
     "tick_size_change": TickSizeChange,
+    "best_bid_ask": BestBidAsk,
+    "market_resolved": MarketResolved,
 }
 
 # strict=False lets msgspec turn the string timestamps into ints; every other declared field is a string,
@@ -350,6 +389,8 @@ def event_asset_ids(event: Event | UnknownEvent | RejectedEvent) -> list[str]:
         return ids
     if isinstance(event, UnknownEvent):
         return []
+    if isinstance(event, MarketResolved):
+        return list(event.assets_ids)
     return [] if event.asset_id is None else [event.asset_id]
 
 

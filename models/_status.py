@@ -10,6 +10,7 @@ from typing import Literal, TypeAlias
 import msgspec
 
 __all__ = [
+    "BookChecks",
     "BookView",
     "ExitReason",
     "MemoryStatus",
@@ -18,6 +19,7 @@ __all__ = [
     "PoolState",
     "PoolStatus",
     "RecycleCause",
+    "Resolution",
     "Trade",
     "WorkerState",
     "WorkerStats",
@@ -104,11 +106,20 @@ class Trade(msgspec.Struct, frozen=True, kw_only=True):
     timestamp: int | None = None
 
 
+class Resolution(msgspec.Struct, frozen=True, kw_only=True):
+    """How a token's market settled (a ``market_resolved`` event): the token that won, and its label."""
+
+    winning_asset_id: str
+    winning_outcome: str = ""
+    timestamp: int | None = None
+
+
 class BookView(msgspec.Struct, frozen=True, kw_only=True):
     """A copy of one book as `PersistentWorkerPool.get_book` returns it.
 
     ``bids`` and ``asks`` are best-first ``(price, size)`` pairs of normalised decimal strings.
-    ``stale`` is true when the book may have missed updates and waits for a snapshot.
+    ``stale`` is true when the book may have missed updates and waits for a snapshot. ``resolution`` is set
+    once the book's market has settled: the book is closed (no levels; nothing changes it any more).
     """
 
     asset_id: str
@@ -119,6 +130,7 @@ class BookView(msgspec.Struct, frozen=True, kw_only=True):
     tick_size: str | None
     last_trade: Trade | None
     stale: bool = False
+    resolution: Resolution | None = None
 
     @classmethod
     def stale_placeholder(cls, asset_id: str) -> "BookView":
@@ -137,6 +149,33 @@ class BookView(msgspec.Struct, frozen=True, kw_only=True):
         """The lowest ask, or ``None``."""
         return self.asks[0] if self.asks else None
 
+    @property
+    def resolved(self) -> bool:
+        """True once the book's market has settled (see ``resolution``)."""
+        return self.resolution is not None
+
+
+class BookChecks(msgspec.Struct, frozen=True, kw_only=True):
+    """What the workers checked their books against, and what they found (counters; add them with ``+``).
+
+    ``best_bid_ask_checked`` counts ``best_bid_ask`` events compared with a live book, and
+    ``best_bid_ask_mismatches`` those whose best bid or ask differed from it; ``best_bid_ask_resyncs`` counts
+    books marked stale and handed to ``on_resync`` after `PoolConfig.best_bid_ask_resync_after` mismatches in
+    a row. With `PoolConfig.verify_book_hash`, each `book` event's ``hash`` is recomputed: ``hashes_matched``,
+    ``hash_mismatches`` (everything the exchange hashes was known, and it differed), ``hashes_unverifiable``
+    (it did not match and the book lacked a field the exchange now hashes; see `models` ``_hash``).
+    """
+
+    best_bid_ask_checked: int = 0
+    best_bid_ask_mismatches: int = 0
+    best_bid_ask_resyncs: int = 0
+    hashes_matched: int = 0
+    hash_mismatches: int = 0
+    hashes_unverifiable: int = 0
+
+    def __add__(self, other: "BookChecks") -> "BookChecks":
+        return BookChecks(**{name: getattr(self, name) + getattr(other, name) for name in self.__struct_fields__})
+
 
 # Upper bounds (seconds) of the buckets of `WorkerStats.batch_seconds_buckets`; the last bucket is +Inf.
 BATCH_SECONDS_BOUNDS: tuple[float, ...] = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0)
@@ -154,7 +193,9 @@ class WorkerStats(msgspec.Struct, frozen=True, kw_only=True):
     ``errors`` counts rejected frames and events, and ``rejections`` the same by reason (the keys are
     `models.Rejection` values); ``handler_errors`` counts exceptions raised by the user's handler,
     ``unknown_events`` well-formed events of types the pool does not apply, and ``skipped_updates`` events
-    for owned assets with no book yet. ``processing_time_ms`` is the time spent decoding and applying
+    for owned assets with no book yet (or closed: resolved). ``resolved_books`` counts the books closed by a
+    ``market_resolved`` (among ``orderbook_count``), and ``checks`` what the worker checked its books
+    against. ``processing_time_ms`` is the time spent decoding and applying
     batches, summed (wall time: it includes any time the process was not scheduled).
     ``batch_seconds_buckets`` counts batches by that time, per bucket of `BATCH_SECONDS_BOUNDS` (not
     cumulative; the last bucket is above the last bound). ``memory_usage_bytes`` is the worker's RSS;
@@ -180,6 +221,8 @@ class WorkerStats(msgspec.Struct, frozen=True, kw_only=True):
     applied_seq: int = 0
     batch_seconds_buckets: list[int] = msgspec.field(default_factory=_empty_buckets)
     private_memory_bytes: int | None = None
+    resolved_books: int = 0
+    checks: BookChecks = BookChecks()
 
     @property
     def avg_processing_time_us(self) -> float:
@@ -208,6 +251,9 @@ class WorkerStatus(msgspec.Struct, frozen=True, kw_only=True):
     replacements made for memory and ``recycles_by_cause`` the same by `RecycleCause` (``restarts``
     counts every replacement, these included); ``last_recycle_seconds`` how long the last handoff took,
     from asking for the books to the replacement serving them.
+
+    ``resolved_books`` counts the books closed because their market settled (among ``books``); ``checks``
+    (cumulative across the slot's processes) what they were checked against (see `BookChecks`).
     """
 
     worker_id: int
@@ -241,6 +287,8 @@ class WorkerStatus(msgspec.Struct, frozen=True, kw_only=True):
     recycles: int = 0
     recycles_by_cause: dict[str, int] = {}
     last_recycle_seconds: float | None = None
+    resolved_books: int = 0
+    checks: BookChecks = BookChecks()
 
 
 class MemoryStatus(msgspec.Struct, frozen=True, kw_only=True):
@@ -265,7 +313,8 @@ class FeedStatus(msgspec.Struct, frozen=True, kw_only=True):
     connection attempts answered with HTTP 429, ``awaiting_books`` the assets whose `book` has not come
     since they were subscribed to; ``duplicates`` counts frames dropped because the connection that follows
     their assets delivers them too, and ``moved`` the assets moved to the connection of their market's
-    other token; ``new_markets`` counts the ``new_market`` events seen (each market once).
+    other token; ``new_markets`` counts the ``new_market`` events seen (each market once). ``resolved``
+    is the assets it followed until a ``market_resolved`` closed their books (not in ``subscribed``).
     """
 
     name: str
@@ -286,6 +335,7 @@ class FeedStatus(msgspec.Struct, frozen=True, kw_only=True):
     duplicates: int = 0
     moved: int = 0
     new_markets: int = 0
+    resolved: int = 0
 
 
 class PoolStatus(msgspec.Struct, frozen=True, kw_only=True):
@@ -299,7 +349,7 @@ class PoolStatus(msgspec.Struct, frozen=True, kw_only=True):
     ``frames_rejected`` counts malformed frames and events, whether the parent or a worker caught them
     (each once, over the pool's life, restarts included), and ``rejections`` the same by reason (the keys
     are `models.Rejection` values); ``frames_unroutable`` counts well-formed frames that name no asset
-    (service text, ``new_market``).
+    (service text, ``new_market``). ``resolved_books`` and ``checks`` are the workers' summed.
     """
 
     pool_status: PoolState
@@ -323,4 +373,6 @@ class PoolStatus(msgspec.Struct, frozen=True, kw_only=True):
     completed_tasks: int = 0
     failed_tasks: int = 0
     cancelled_tasks: int = 0
+    resolved_books: int = 0
+    checks: BookChecks = BookChecks()
     feeds: dict[str, FeedStatus] = msgspec.field(default_factory=dict)

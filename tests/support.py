@@ -120,6 +120,24 @@ class ReferenceSource:
             return [self.reference.snapshot(a) for a in asset_ids if a in self.reference.bids]
 
 
+def market_resolved(market: str, asset_ids: Sequence[str], winner: str, outcome: str, timestamp: int) -> bytes:
+    """A ``market_resolved`` frame in the shape Polymarket documents (docs.polymarket.com, market channel;
+    no trustworthy recording exists: ``tests/fixtures/polymarket/SOURCES.md``)."""
+    return msgspec.json.encode(
+        {
+            "event_type": "market_resolved",
+            "id": "1031769",
+            "market": market,
+            "assets_ids": list(asset_ids),
+            "winning_asset_id": winner,
+            "winning_outcome": outcome,
+            "event_message": {"id": "125819", "ticker": "t", "slug": "s", "title": "t", "description": "d"},
+            "timestamp": str(timestamp),
+            "tags": ["stocks"],
+        }
+    )
+
+
 def rest_shape(frame: bytes) -> bytes:
     """A `book` frame as the REST API sends it: the same object without `event_type`."""
     book = msgspec.json.decode(frame)

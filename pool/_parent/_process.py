@@ -57,17 +57,31 @@ from pool._wire._protocol import (
     frame_header,
     split_batches,
 )
-from pool.models import ExitReason, PoolConfig, PoolEvent, PoolEventKind, WorkerStats
+from pool.models import BookState, ExitReason, PoolConfig, PoolEvent, PoolEventKind, WorkerStats
 
 from ._channel import Channel
 from ._factories import PreparedFactory
 from ._slot import QueueItem, Slot
 
-__all__ = ["TERMINATE_GRACE", "ChildProcess", "Launcher", "Runner", "WorkerProcess", "describe_exit", "explain_exit"]
+__all__ = [
+    "MISMATCHED",
+    "REJECTED",
+    "TERMINATE_GRACE",
+    "ChildProcess",
+    "Launcher",
+    "Runner",
+    "WorkerProcess",
+    "describe_exit",
+    "explain_exit",
+]
 
 # How long a worker may take to die after SIGTERM before it gets SIGKILL. Short: by then it has already
 # ignored a graceful Stop for the whole shutdown_timeout.
 TERMINATE_GRACE = 0.5
+
+# Why a worker made books stale, as `WorkerProcess.serve`'s ``on_books_stale`` is told.
+REJECTED = "its `book` was rejected; waiting for a valid one"
+MISMATCHED = "best_bid_ask disagreed with the book too many times in a row; waiting for a fresh `book`"
 
 # The worker's first code, run as a script so that it ties the worker to its parent before importing anything.
 _BOOTSTRAP = str(Path(pool._worker.__file__).resolve().with_name("_bootstrap.py"))
@@ -195,6 +209,8 @@ class Launcher:
             if self._config.worker_memory_limit_mb is None
             else int(self._config.worker_memory_limit_mb * 1024 * 1024),
             memory_interval=self._config.memory_check_interval if self.workers_measure_memory else None,
+            verify_book_hash=self._config.verify_book_hash,
+            best_bid_ask_resync_after=self._config.best_bid_ask_resync_after,
         )
         process = WorkerProcess(worker_id, runner, sock, boot, self._config, self._log, self._emit)
         process.on_reaped = self.live.discard
@@ -241,6 +257,7 @@ class WorkerProcess:
         self._emit = emit
         self._encoder = msgspec.msgpack.Encoder()
         self._decoder: msgspec.msgpack.Decoder[FromWorker] = msgspec.msgpack.Decoder(FromWorker)
+        self._states = msgspec.msgpack.Decoder(list[BookState])
         self.stats: WorkerStats | None = None
         self.last_heard = time.monotonic()
         self.exited = anyio.Event()
@@ -258,7 +275,7 @@ class WorkerProcess:
         self._inflight: deque[_Sent] = deque()
         self._kill_reason: ExitReason | None = None
         self._scope: anyio.CancelScope | None = None
-        self._on_books_rejected: Callable[[list[str]], None] = lambda asset_ids: None  # set by `serve`
+        self._on_books_stale: Callable[[list[str], str], None] = lambda asset_ids, why: None  # set by `serve`
         # Set when the process is gone (under the channel's lock, so no thread sends to it after). Cancellation
         # reaches a task only at its next checkpoint, so the writer and reader may still run a step; they check
         # this and stop instead of taking requeued items or applying a stale acknowledgement to the slot.
@@ -315,16 +332,17 @@ class WorkerProcess:
         task_group: anyio.abc.TaskGroup,
         slot: Slot,
         on_exit: Callable[[WorkerProcess], None],
-        on_books_rejected: Callable[[list[str]], None],
+        on_books_stale: Callable[[list[str], str], None],
     ) -> None:
         """Run this process's writer, reader and watcher for ``slot`` until it exits.
 
-        ``on_books_rejected(asset_ids)`` runs when the worker reports `book` snapshots it rejected (now
-        stale in the slot). ``on_exit(self)`` runs when it has exited, after what was in flight went back to
+        ``on_books_stale(asset_ids, why)`` runs when the worker reports books it made stale (now stale in the
+        slot too): ``why`` is `REJECTED` for a `book` snapshot it rejected, `MISMATCHED` for quotes that
+        disagreed with the book. ``on_exit(self)`` runs when it has exited, after what was in flight went back to
         the slot and before ``exited`` is set, with no await in between: nobody sees the slot half-way.
         """
         self.last_heard = time.monotonic()  # a snapshot fetch may have taken longer than heartbeat_timeout
-        self._on_books_rejected = on_books_rejected
+        self._on_books_stale = on_books_stale
         task_group.start_soon(self._serve, slot, on_exit, name=f"pool-worker-{self.worker_id}")
 
     async def _serve(self, slot: Slot, on_exit: Callable[[WorkerProcess], None]) -> None:
@@ -393,13 +411,17 @@ class WorkerProcess:
                     return
                 self.last_heard = time.monotonic()
                 match message:
-                    case Progress(stats, logs, rejected_books):
+                    case Progress(stats, logs, rejected_books, mismatched_books, resolved):
                         self.stats = stats
                         self.acked = stats.applied_seq
                         self._trim_inflight(slot)
                         slot.progressed(self.acked)
+                        if resolved:
+                            slot.books_resolved(self._states.decode(resolved))
                         if rejected_books:
-                            self._on_books_rejected(slot.books_rejected(rejected_books))
+                            self._on_books_stale(slot.stale_in_worker(rejected_books), REJECTED)
+                        if mismatched_books:
+                            self._on_books_stale(slot.stale_in_worker(mismatched_books), MISMATCHED)
                         if slot.has_queued():
                             slot.wake()  # publish did not, while this batch was in flight
                         if logs:

@@ -26,7 +26,7 @@ import anyio
 
 from pool._exceptions import BrokenWorkerError, PoolClosedError
 from pool._wire._protocol import GetBook, Handoff, Install, Rebuild, RunTask, TaskDone, ToWorker, Trim
-from pool.models import BookView, ExitReason, RecycleCause, WorkerState, WorkerStats
+from pool.models import BookChecks, BookState, BookView, ExitReason, RecycleCause, WorkerState, WorkerStats
 
 from ._changes import Changes
 from ._tasks import TaskBoard
@@ -94,6 +94,9 @@ class Slot:
         self._latest_book: dict[str, int] = {}
         self._stale: set[str] = set()
         self._marked_stale: set[str] = set()
+        # The held books that are closed because their market settled, as the worker last reported them: a
+        # rebuild installs them as they are (no snapshot source serves a settled market's book).
+        self._resolved: dict[str, BookState] = {}
         # Poison frames (by index in the slot's frames ever published): the frames a hang left in flight, the
         # frame a careful process last hung on, and the end of the frames to send carefully (`careful_frames`).
         self._suspects = range(0)
@@ -125,6 +128,7 @@ class Slot:
         self.retired_errors = 0
         self.retired_handler_errors = 0
         self.retired_rejections: dict[str, int] = {}
+        self.retired_checks = BookChecks()
         self.broken: BrokenWorkerError | None = None  # set once the slot is given up (failed or stopped)
         self._work = anyio.Event()
         self._running = anyio.Event()
@@ -246,10 +250,15 @@ class Slot:
             self._marked_stale.discard(asset_id)
             return True
 
+    @property
+    def resolved_count(self) -> int:
+        return len(self._resolved)
+
     def mark_stale(self, asset_ids: Iterable[str]) -> tuple[list[str], list[str]]:
-        """Flag the held ones of ``asset_ids`` stale until their next `book`; return (held, newly stale)."""
+        """Flag the held ones of ``asset_ids`` stale until their next `book`; return (held, newly stale).
+        A closed book (its market settled) is left alone: it can miss nothing more."""
         with self._lock:
-            held = sorted(self._assets.intersection(asset_ids))
+            held = sorted(self._assets.intersection(asset_ids).difference(self._resolved))
             newly = [asset_id for asset_id in held if asset_id not in self._stale]
             self._stale.update(held)
             self._marked_stale.update(held)
@@ -265,6 +274,7 @@ class Slot:
             self._marked_stale.difference_update(held)
             for asset_id in held:
                 self._latest_book.pop(asset_id, None)
+                self._resolved.pop(asset_id, None)
         return held
 
     def retire(self, stats: WorkerStats | None) -> None:
@@ -274,13 +284,15 @@ class Slot:
         self.retired_errors += stats.errors
         self.retired_handler_errors += stats.handler_errors
         add_counts(self.retired_rejections, stats.rejections)
+        self.retired_checks += stats.checks
 
     def recycled(self, cause: RecycleCause) -> None:
         """Count a replacement made for memory."""
         self.recycles[cause] = self.recycles.get(cause, 0) + 1
 
-    def books_rejected(self, asset_ids: Iterable[str]) -> list[str]:
-        """The worker rejected a `book` for each of ``asset_ids`` and holds it stale; return the newly stale.
+    def stale_in_worker(self, asset_ids: Iterable[str]) -> list[str]:
+        """The worker holds ``asset_ids`` stale (it rejected their `book`, or their quotes disagreed with the
+        book); return the newly stale.
 
         The slot holds them from now on (so a replacement asks the snapshot source for them), stale until a
         `book` or a recovery snapshot is applied. An asset with a later `book` queued and not yet applied is
@@ -292,12 +304,22 @@ class Slot:
             self._stale.update(newly)
         return newly
 
-    def begin_rebuild(self) -> list[str]:
-        """Mark every held book stale for a rebuild; return them, sorted."""
+    def books_resolved(self, states: Iterable[BookState]) -> None:
+        """The worker closed these books (their market settled): keep them, for a rebuild, and never stale."""
         with self._lock:
-            assets = sorted(self._assets)
+            for state in states:
+                if state.asset_id in self._assets:  # else dropped since: the worker drops it too
+                    self._resolved[state.asset_id] = state
+                    self._stale.discard(state.asset_id)
+                    self._marked_stale.discard(state.asset_id)
+
+    def begin_rebuild(self) -> tuple[list[str], list[BookState]]:
+        """Mark every held book stale for a rebuild; return them, sorted, but for the closed ones, returned
+        apart as they are to be installed."""
+        with self._lock:
+            assets = sorted(self._assets.difference(self._resolved))
             self._stale.update(assets)
-        return assets
+            return assets, list(self._resolved.values())
 
     def end_rebuild(self, rebuilt: Iterable[str]) -> tuple[list[str], list[str]]:
         """Books rebuilt from snapshots are live again, except those a feed marked; return (live, marked)."""

@@ -7,6 +7,7 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 
 from pool.models import (
+    BookChecks,
     FeedStatus,
     MemoryStatus,
     PoolState,
@@ -98,6 +99,8 @@ def worker_status(slot: Slot, now: float, memory: MemoryInfo | None, unresponsiv
         recycles=sum(slot.recycles.values()),
         recycles_by_cause={cause: count for cause, count in slot.recycles.items()},
         last_recycle_seconds=slot.last_recycle_seconds,
+        resolved_books=stats.resolved_books if stats else 0,
+        checks=slot.retired_checks + stats.checks if stats else slot.retired_checks,
     )
 
 
@@ -145,6 +148,8 @@ def build_status(
         frames_unroutable=unroutable,
         total_books=sum(s.books for s in workers.values()),
         restarts=sum(s.restarts for s in workers.values()),
+        resolved_books=sum(s.resolved_books for s in workers.values()),
+        checks=sum((s.checks for s in workers.values()), BookChecks()),
         feeds={name: read() for name, read in feeds.items()},
     )
 

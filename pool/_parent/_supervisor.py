@@ -58,6 +58,7 @@ from typing import Any, TypeAlias
 
 import anyio
 import anyio.abc
+import msgspec
 
 from pool._exceptions import BrokenWorkerError, TaskTimeoutError, WorkerStartupError
 from pool._wire._protocol import Handoff, Install, Rebuild
@@ -116,6 +117,7 @@ class Supervisor:
         self.stopping = False
         self._task_group: anyio.abc.TaskGroup | None = None
         self._scope = anyio.CancelScope()
+        self._encoder = msgspec.msgpack.Encoder()
 
     def start(self, task_group: anyio.abc.TaskGroup) -> None:
         """Serve every slot's started process and watch over it, in ``task_group``."""
@@ -136,7 +138,7 @@ class Supervisor:
             self._task_group,
             slot,
             lambda process: self._on_exit(slot, process),
-            lambda asset_ids: self._resync(slot, asset_ids, "its `book` was rejected; waiting for a valid one"),
+            lambda asset_ids, why: self._resync(slot, asset_ids, why),
         )
         slot.running()
 
@@ -372,18 +374,21 @@ class Supervisor:
     # ------------------------------------------------------------------------------------ rebuild
 
     async def _rebuild(self, slot: Slot) -> None:
-        """Queue the slot's recovery snapshots ahead of everything else for the replacement."""
-        assets = slot.begin_rebuild()
-        if not assets:
+        """Queue the slot's recovery snapshots (and its closed books) ahead of everything else for the
+        replacement."""
+        assets, closed = slot.begin_rebuild()
+        if not assets and not closed:
             return
-        self._emit(slot, PoolEventKind.BOOK_STALE, asset_ids=assets, detail="rebuilding from snapshots")
-        frames, overrun = await self._fetch(slot, assets) if self._source is not None else ({}, False)
+        if assets:
+            self._emit(slot, PoolEventKind.BOOK_STALE, asset_ids=assets, detail="rebuilding from snapshots")
+        frames, overrun = await self._fetch(slot, assets) if self._source is not None and assets else ({}, False)
         missing = [asset_id for asset_id in assets if asset_id not in frames]
         if overrun:  # the books are installed as fetched, but may lack updates dropped during the fetch
             slot.mark_stale(frames)
         live, marked = slot.end_rebuild(frames)
         # A book a feed marked stale stays stale when rebuilt: the feed may have missed updates since.
-        slot.enqueue_first(Rebuild(books=list(frames.values()), stale=missing + marked))
+        resolved = self._encoder.encode(closed) if closed else b""
+        slot.enqueue_first(Rebuild(books=list(frames.values()), stale=missing + marked, resolved=resolved))
         if live:
             self._emit(slot, PoolEventKind.BOOK_LIVE, asset_ids=live, detail="rebuilt from snapshots")
         if missing:

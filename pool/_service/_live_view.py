@@ -16,7 +16,7 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from pool.models import ExitReason, FeedStatus, PoolEvent, PoolEventKind, PoolStatus, WorkerState
+from pool.models import BookChecks, ExitReason, FeedStatus, PoolEvent, PoolEventKind, PoolStatus, WorkerState
 
 __all__ = ["LiveView"]
 
@@ -64,6 +64,8 @@ class LiveView:
             f"  system memory {memory.usage_percent:.0f}% (pressure above {memory.threshold:.0%})",
         )
         feeds = [_feed_line(feed) for _, feed in sorted(status.feeds.items())]
+        if status.checks != BookChecks() or status.resolved_books:
+            feeds.append(_checks_line(status))
         table = Table(box=box.SIMPLE_HEAD, expand=False, pad_edge=False)
         for column, justify in (
             ("worker", "right"),
@@ -120,6 +122,19 @@ def _memory_bar(used: int, cap: int | None) -> RenderableType:
     return table
 
 
+def _checks_line(status: PoolStatus) -> Text:
+    """What the books were checked against (best_bid_ask quotes, the exchange's hash) and the settled ones."""
+    checks = status.checks
+    line = Text(
+        f"books checked: best_bid_ask {checks.best_bid_ask_checked:,} ({checks.best_bid_ask_mismatches:,} "
+        f"mismatched, {checks.best_bid_ask_resyncs:,} resynced)  hash {checks.hashes_matched:,} matched, "
+        f"{checks.hashes_unverifiable:,} unverifiable  closed (settled) {status.resolved_books:,}"
+    )
+    if checks.hash_mismatches:
+        line.append(f"  {checks.hash_mismatches:,} hash mismatches", style="yellow")
+    return line
+
+
 def _feed_line(feed: FeedStatus) -> Text:
     """A feed: whether it is connected, and the figures that say it is healthy; its troubles, if any, on a
     second line."""
@@ -130,6 +145,7 @@ def _feed_line(feed: FeedStatus) -> Text:
         state,
         f"  {feed.connections_open}/{feed.connections} connections  {feed.subscribed:,} assets  "
         f"{feed.frames:,} frames  {feed.reconnects} reconnects  {age}",
+        f"  {feed.resolved:,} resolved" if feed.resolved else "",
     )
     for count, what in (
         (feed.awaiting_books, "awaiting a book"),

@@ -32,7 +32,16 @@ from prometheus_client.metrics_core import (
 )
 from prometheus_client.registry import Collector
 
-from pool.models import BATCH_SECONDS_BOUNDS, PoolState, PoolStatus, RecycleCause, Rejection, WorkerState, WorkerStats
+from pool.models import (
+    BATCH_SECONDS_BOUNDS,
+    BookChecks,
+    PoolState,
+    PoolStatus,
+    RecycleCause,
+    Rejection,
+    WorkerState,
+    WorkerStats,
+)
 
 __all__ = ["FEED_METRIC_NAMES", "IDLE_TIMEOUT", "METRIC_NAMES", "MetricsServer", "PoolCollector"]
 
@@ -53,6 +62,8 @@ METRIC_NAMES = (
     "worker_pool_restarts",
     "worker_pool_books",
     "worker_pool_stale_books",
+    "worker_pool_resolved_books",
+    "worker_pool_book_checks",
     "worker_pool_memory_bytes",
     "worker_pool_memory_ratio",
     "worker_pool_memory_peak_bytes",
@@ -66,6 +77,7 @@ METRIC_NAMES = (
 )
 _REASONS: tuple[str, ...] = get_args(Rejection)
 _RECYCLE_CAUSES: tuple[str, ...] = get_args(RecycleCause)
+_CHECKS: tuple[str, ...] = BookChecks.__struct_fields__
 
 # The families of attached feeds (`PoolStatus.feeds`), labelled by ``feed``; absent when no feed runs.
 FEED_METRIC_NAMES = (
@@ -81,6 +93,7 @@ FEED_METRIC_NAMES = (
     "worker_pool_feed_rate_limited",
     "worker_pool_feed_awaiting_books",
     "worker_pool_feed_duplicates",
+    "worker_pool_feed_resolved",
 )
 
 
@@ -118,6 +131,14 @@ class PoolCollector(Collector):
         books = GaugeMetricFamily("worker_pool_books", "Books held by the worker.", labels=labels)
         stale = GaugeMetricFamily(
             "worker_pool_stale_books", "Books waiting for a snapshot (may have missed updates).", labels=labels
+        )
+        resolved = GaugeMetricFamily(
+            "worker_pool_resolved_books", "Books closed because their market settled.", labels=labels
+        )
+        checks = CounterMetricFamily(
+            "worker_pool_book_checks",
+            "Books checked against best_bid_ask and the exchange's hash, by outcome (models.BookChecks).",
+            labels=[*labels, "check"],
         )
         memory = GaugeMetricFamily(
             "worker_pool_memory_bytes", "Worker memory, as the monitor measures it.", labels=labels
@@ -157,6 +178,9 @@ class PoolCollector(Collector):
             restarts.add_metric(label, worker.restarts)
             books.add_metric(label, worker.books)
             stale.add_metric(label, worker.stale_books)
+            resolved.add_metric(label, worker.resolved_books)
+            for check in _CHECKS:
+                checks.add_metric([*label, check], getattr(worker.checks, check))
             memory.add_metric(label, worker.memory_bytes)
             if worker.memory_ratio is not None:
                 ratio.add_metric(label, worker.memory_ratio)
@@ -179,7 +203,8 @@ class PoolCollector(Collector):
             "The pool's state.",
             value={s.value: s is status.pool_status for s in PoolState},
         )
-        yield from (messages, updates, errors, rejections, restarts, books, stale, memory, ratio, peak, cap, recycles)
+        yield from (messages, updates, errors, rejections, restarts, books, stale, resolved, checks)
+        yield from (memory, ratio, peak, cap, recycles)
         yield from (up, state, apply_time, handler_errors, dropped, quarantined, tasks, finished)
         yield from _feed_metrics(status)
 
@@ -201,6 +226,11 @@ def _feed_metrics(status: PoolStatus) -> Iterator[Metric]:
         ),
         "awaiting_books": GaugeMetricFamily(
             "worker_pool_feed_awaiting_books", "Assets subscribed to whose book has not come yet.", labels=labels
+        ),
+        "resolved": GaugeMetricFamily(
+            "worker_pool_feed_resolved",
+            "Assets followed until their market settled (books kept closed).",
+            labels=labels,
         ),
     }
     counters: dict[str, CounterMetricFamily] = {

@@ -77,6 +77,7 @@ class Boot(msgspec.Struct, tag=True, array_like=True):
     ``data_limit_bytes`` is the ``RLIMIT_DATA`` the worker sets on itself before it builds anything.
     ``memory_interval`` asks the worker to measure its own USS that often and report it (a worker the
     parent cannot sample by pid, such as a Ray actor on another host); ``None``: the parent samples it.
+    ``verify_book_hash`` and ``best_bid_ask_resync_after`` are the `PoolConfig` settings of the same names.
     """
 
     worker_id: int
@@ -87,6 +88,8 @@ class Boot(msgspec.Struct, tag=True, array_like=True):
     sys_path: list[str]
     data_limit_bytes: int | None = None
     memory_interval: float | None = None
+    verify_book_hash: bool = False
+    best_bid_ask_resync_after: int | None = None
 
 
 class Batch(msgspec.Struct, tag=True, array_like=True):
@@ -115,12 +118,14 @@ class Trim(msgspec.Struct, tag=True, array_like=True):
 
 
 class Rebuild(msgspec.Struct, tag=True, array_like=True):
-    """Recovery of a replacement worker: install ``books`` (`book` frames from the snapshot source), then
-    mark ``stale`` the assets that have none or that a feed marked stale; sent ahead of the frames the dead
-    worker had not applied."""
+    """Recovery of a replacement worker: install ``resolved`` (the closed books of settled markets, a msgpack
+    `list[BookState]` the parent kept: no snapshot source serves them), then ``books`` (`book` frames from the
+    snapshot source), then mark ``stale`` the assets that have none or that a feed marked stale; sent ahead
+    of the frames the dead worker had not applied."""
 
     books: list[bytes]
     stale: list[str]
+    resolved: bytes = b""
 
 
 class DropBooks(msgspec.Struct, tag=True, array_like=True):
@@ -187,12 +192,16 @@ class LogTally(msgspec.Struct, array_like=True):
 
 class Progress(msgspec.Struct, tag=True, array_like=True):
     """Stats after a batch (an acknowledgement) or after a quiet heartbeat interval (a heartbeat), with the
-    log tallies that came due since the last one and the `book` snapshots rejected since (those books are
-    stale in the worker: the parent marks them stale too and asks for a resync)."""
+    log tallies that came due since the last one and, since the last one, the books made stale for a
+    rejected `book` snapshot (``rejected_books``) or for ``best_bid_ask`` quotes that disagreed with them
+    (``mismatched_books``): the parent marks them stale too and asks for a resync. ``resolved`` holds the
+    books closed since (a msgpack `list[BookState]`, or empty), which the parent keeps for a rebuild."""
 
     stats: WorkerStats
     logs: list[LogTally] = []
     rejected_books: list[str] = []
+    mismatched_books: list[str] = []
+    resolved: bytes = b""
 
 
 class BookReply(msgspec.Struct, tag=True, array_like=True):

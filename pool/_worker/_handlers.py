@@ -6,7 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from pool._wire._tally import Tally
-from pool.models import BookEvent, LastTradePrice, OrderBook, PriceChange, TickSizeChange
+from pool.models import BookEvent, LastTradePrice, MarketResolved, OrderBook, PriceChange, TickSizeChange
 
 __all__ = ["HandlerTable"]
 
@@ -16,6 +16,7 @@ _CALLBACKS: dict[type, str] = {
     PriceChange: "on_price_change",
     LastTradePrice: "on_trade",
     TickSizeChange: "on_tick_size_change",
+    MarketResolved: "on_market_resolved",  # once per book it closed; the book has its `resolution` set
 }
 
 

@@ -90,7 +90,11 @@ class WorkerLoop:
         self._heartbeat_interval = boot.heartbeat_interval
         self._tally = tally
         self._route = Router(boot.worker_count)
-        self._store = BookStore(owns=self._mine)
+        self._store = BookStore(
+            owns=self._mine,
+            verify_hashes=boot.verify_book_hash,
+            quote_resync_after=boot.best_bid_ask_resync_after,
+        )
         self._handlers = HandlerTable(handler, tally)
         self._process = psutil.Process()
         # Measuring USS reads smaps_rollup (about 0.3 to 0.5 ms), so only a worker asked to reports it.
@@ -155,12 +159,12 @@ class WorkerLoop:
                 case Install(books):
                     self._install(books)
                     self._report()
-                case Rebuild(books, stale):
-                    self._rebuild(books, stale)
+                case Rebuild(books, stale, resolved):
+                    self._rebuild(books, stale, resolved)
                     self._report()
                 case RunTask():
                     conn.send_bytes(self._encoder.encode(TaskStarted(message.task_id)))
-                    done = run_task(message, self._store.books, self._id)
+                    done = run_task(message, self._store.readable, self._id)
                     conn.send_bytes(self._encoder.encode(done))
                 case MarkStale(asset_ids):
                     self._store.mark_stale(asset_ids)
@@ -178,7 +182,7 @@ class WorkerLoop:
         return self._route[asset_id] == self._id
 
     def _view(self, asset_id: str) -> BookView | None:
-        book = self._store.books.get(asset_id)
+        book = self._store.readable.get(asset_id)
         if book is not None:
             return book.view(stale=asset_id in self._store.stale)
         if asset_id in self._store.stale:
@@ -191,11 +195,15 @@ class WorkerLoop:
         installed = self._store.install(self._states.decode(books))
         if BookEvent in self._handlers.callbacks:
             for book in installed:
-                if book.asset_id not in self._store.stale:  # a stale book waits for a real snapshot
+                # A stale book waits for a real snapshot; a closed one (its market settled) has no levels to show.
+                if book.asset_id not in self._store.stale and book.resolution is None:
                     self._handlers.call(book.snapshot(), [book])
 
-    def _rebuild(self, books: list[bytes], stale: list[str]) -> None:
-        """Install recovery snapshots (the handler sees each as a snapshot), then note the stale assets."""
+    def _rebuild(self, books: list[bytes], stale: list[str], resolved: bytes) -> None:
+        """Install the closed books the parent kept, then the recovery snapshots (the handler sees each as a
+        snapshot), then note the stale assets."""
+        if resolved:
+            self._store.install(self._states.decode(resolved))
         for frame in books:
             try:
                 events = decode_frame(frame)
@@ -210,8 +218,9 @@ class WorkerLoop:
                 except MessageError as exc:
                     self._reject_event("snapshot_rejected", event, events, exc)
                     continue
-                self._snapshots += 1
-                self._handlers.call(event, [book])
+                if book is not None:  # None: the market settled, and its closed book stays
+                    self._snapshots += 1
+                    self._handlers.call(event, [book])
         self._store.mark_stale(stale)
 
     def _apply_batch(self, frames: list[bytes]) -> None:
@@ -322,10 +331,15 @@ class WorkerLoop:
             applied_seq=self._applied_seq,
             batch_seconds_buckets=self._batch_buckets,
             private_memory_bytes=self._uss,
+            resolved_books=len(self._store.resolved),
+            checks=self._store.checks(),
         )
         self._reported_seq = self._applied_seq
         logs = self._tally.release(now, force=final)
         # Only those still stale: a later valid `book` in the same batches has made the others live again.
-        rejected_books = sorted({a for a in self._rejected_books if a in self._store.stale})
-        self._rejected_books = []
-        self._conn.send_bytes(self._encoder.encode(Progress(stats, logs, rejected_books)))
+        store = self._store
+        rejected_books = sorted({a for a in self._rejected_books if a in store.stale})
+        mismatched_books = sorted({a for a in store.mismatched if a in store.stale})
+        resolved = self._encoder.encode(store.dump(store.newly_resolved)) if store.newly_resolved else b""
+        self._rejected_books, store.mismatched, store.newly_resolved = [], [], []
+        self._conn.send_bytes(self._encoder.encode(Progress(stats, logs, rejected_books, mismatched_books, resolved)))

@@ -207,11 +207,13 @@ class TestBooksAreExact:
         ]
         ignorable = [b"PONG", msgspec.json.encode({"event_type": "new_market", "id": "1"})]
         # Well formed and routable, but of a type the books do not use: counted as unknown, not rejected.
-        unknown = msgspec.json.encode(
+        unknown = msgspec.json.encode({"event_type": "mid_price", "asset_id": market.asset_ids[2], "price": "0.5"})
+        # A quote that changes no book: checked against it (and counted), neither unknown nor rejected.
+        quote = msgspec.json.encode(
             {"event_type": "best_bid_ask", "asset_id": market.asset_ids[2], "best_bid": "0.4", "best_ask": "0.6"}
         )
         mixed = list(updates)
-        for index, frame in enumerate([*bad, *ignorable, unknown]):
+        for index, frame in enumerate([*bad, *ignorable, unknown, quote]):
             mixed.insert(500 * (index + 1), frame)
         reference = ReferenceBooks()
         reference.apply_frames(snapshots + updates)
@@ -223,6 +225,7 @@ class TestBooksAreExact:
             assert status.frames_rejected == len(bad)
             assert status.frames_unroutable == len(ignorable)
             assert sum(stats.unknown_events for stats in pool.get_stats().values()) == 1
+            assert status.checks.best_bid_ask_checked == 1
             assert status.alive_workers == 2 and status.pool_status is PoolState.RUNNING
             for asset_id in market.asset_ids:
                 assert_book_equals_reference(pool.get_book(asset_id), reference)

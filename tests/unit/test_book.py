@@ -11,13 +11,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pool.models import (
+    BestBidAsk,
+    BookChecks,
     BookEvent,
     BookState,
     BookStore,
     Level,
+    MarketResolved,
     MessageError,
     OrderBook,
     PriceChange,
+    Resolution,
     Trade,
     UnknownEvent,
     decode_frame,
@@ -399,3 +403,112 @@ class TestHandoff:
         assert new.books[ASSET].view() == msgspec.structs.replace(
             book.view(), last_trade=Trade(price="0.5", timestamp=1)
         )
+
+
+def quote(bid: str, ask: str, asset_id: str = ASSET) -> BestBidAsk:
+    return BestBidAsk(asset_id=asset_id, best_bid=bid, best_ask=ask)
+
+
+class TestQuoteCheck:
+    def test_a_quote_that_agrees_is_counted_and_changes_nothing(self) -> None:
+        """best_bid_ask equal to the book (numerically: "0.50" is "0.5"; "0" and "1" are empty sides) counts
+        as checked and nothing else; the book is untouched."""
+        store = BookStore(quote_resync_after=2)
+        store.apply(book_event([("0.4", "1"), ("0.5", "2")], [("0.6", "3")]))
+        store.apply(book_event([], [], asset_id="empty"))
+        assert store.apply(quote("0.50", "0.6")) == []
+        assert store.apply(quote("0", "1", asset_id="empty")) == []
+        assert store.checks() == BookChecks(best_bid_ask_checked=2)
+        assert store.books[ASSET].bids() == [("0.5", "2"), ("0.4", "1")] and not store.stale
+
+    def test_mismatches_in_a_row_resync_the_book_and_a_match_resets_the_run(self) -> None:
+        """Two mismatches, a match, then two more: only the second run reaches the threshold of 2; the book
+        is then stale and named once in `mismatched`, and a fresh `book` makes it live again."""
+        store = BookStore(quote_resync_after=2)
+        store.apply(book_event([("0.5", "2")], [("0.6", "3")]))
+        for bid in ("0.49", "0.5", "0.49"):
+            store.apply(quote(bid, "0.6"))
+        assert not store.stale and store.mismatched == []
+        store.apply(quote("0.5", "0.61"))
+        assert store.stale == {ASSET} and store.mismatched == [ASSET]
+        assert store.checks() == BookChecks(best_bid_ask_checked=4, best_bid_ask_mismatches=3, best_bid_ask_resyncs=1)
+        store.apply(quote("0.1", "0.9"))  # a stale book is known to be behind: not checked
+        assert store.checks().best_bid_ask_checked == 4
+        store.apply(book_event([("0.5", "2")], [("0.61", "3")]))
+        assert not store.stale
+        store.apply(quote("0.5", "0.61"))
+        assert store.checks().best_bid_ask_checked == 5 and store.mismatched == [ASSET]
+
+    def test_without_a_threshold_mismatches_are_only_counted(self) -> None:
+        store = BookStore(quote_resync_after=None)
+        store.apply(book_event([("0.5", "2")], []))
+        for _ in range(5):
+            store.apply(quote("0.4", "1"))
+        assert store.checks().best_bid_ask_mismatches == 5 and not store.stale and store.mismatched == []
+
+    def test_a_quote_with_a_bad_price_is_rejected_and_one_for_no_book_is_skipped(self) -> None:
+        store = BookStore(quote_resync_after=1)
+        store.apply(book_event([("0.5", "2")], []))
+        with pytest.raises(MessageError):
+            store.apply(quote("abc", "1"))
+        store.apply(quote("0.5", "1", asset_id="unheld"))
+        assert store.skipped == 1 and store.checks() == BookChecks() and not store.stale
+
+
+def resolution_of(asset_ids: list[str], winner: str, timestamp: int = 9) -> MarketResolved:
+    return MarketResolved(
+        market="m", assets_ids=asset_ids, winning_asset_id=winner, winning_outcome="Yes", timestamp=timestamp
+    )
+
+
+class TestResolution:
+    def test_a_settled_market_closes_its_books_for_good(self) -> None:
+        """market_resolved empties the held book, keeps its last trade, records the winner, and nothing
+        changes it afterwards (updates and even a `book` count as skipped); readers still find it."""
+        store = BookStore()
+        store.apply(book_event([("0.5", "2")], [("0.6", "3")]))
+        store.apply(
+            decode_frame(b'{"event_type":"last_trade_price","asset_id":"1","price":"0.5","side":"BUY","size":"2"}')[0]
+        )
+        closed = store.apply(resolution_of([ASSET, "mirror"], winner=ASSET))
+        assert [book.asset_id for book in closed] == [ASSET] and store.newly_resolved == closed
+        view = store.readable[ASSET].view()
+        assert (view.bids, view.asks, view.resolved, view.timestamp) == ([], [], True, 9)
+        assert view.resolution == Resolution(winning_asset_id=ASSET, winning_outcome="Yes", timestamp=9)
+        assert view.last_trade is not None and view.last_trade.price == "0.5"
+        assert ASSET not in store.books and len(store) == 1
+        store.apply(PriceChange(asset_id=ASSET, price="0.5", side="BUY", size="7"))
+        store.apply(book_event([("0.3", "1")], []))
+        assert store.readable[ASSET].view() == view and store.skipped == 2
+        assert store.apply(resolution_of([ASSET], winner=ASSET)) == []  # once only
+
+    def test_an_asset_waiting_for_its_book_gets_an_empty_closed_one(self) -> None:
+        """A stale asset with no book (it could not be rebuilt) will never get a `book` now: it is closed
+        empty; an asset the store does not follow is left alone."""
+        store = BookStore()
+        store.mark_stale(["waiting"])
+        closed = store.apply(resolution_of(["waiting", "unfollowed"], winner="unfollowed"))
+        assert [book.asset_id for book in closed] == ["waiting"] and not store.stale
+        assert list(store.resolved) == ["waiting"] and store.readable["waiting"].view().resolved
+
+    def test_a_closed_book_is_never_stale_and_drop_forgets_it(self) -> None:
+        store = BookStore()
+        store.apply(book_event([("0.5", "2")], []))
+        store.apply(resolution_of([ASSET], winner="other"))
+        store.mark_stale([ASSET])
+        assert not store.stale
+        store.drop([ASSET])
+        assert len(store) == 0 and ASSET not in store.readable
+
+    def test_a_closed_book_hands_over_closed(self) -> None:
+        """Dumped and installed (a recycle, or the parent's copy after a crash), a closed book stays closed,
+        with its resolution, and a `book` for it is still refused."""
+        old = BookStore()
+        old.apply(book_event([("0.5", "2")], []))
+        old.apply(resolution_of([ASSET], winner=ASSET))
+        wire = msgspec.msgpack.encode(old.dump())
+        new = BookStore()
+        new.install(msgspec.msgpack.decode(wire, type=list[BookState]))
+        assert list(new.resolved) == [ASSET] and not new.books
+        assert new.readable[ASSET].view() == old.readable[ASSET].view()
+        assert new.apply(book_event([("0.3", "1")], [])) == []

@@ -10,9 +10,11 @@ import msgspec
 import pytest
 
 from pool.models import (
+    BestBidAsk,
     BookEvent,
     BookStore,
     LastTradePrice,
+    MarketResolved,
     MessageError,
     PriceChange,
     RejectedEvent,
@@ -20,10 +22,12 @@ from pool.models import (
     UnknownEvent,
     decode_frame,
     decode_new_markets,
+    event_asset_ids,
 )
-from tests.support import FIXTURES, fixture_bytes, sequence_objects
+from tests.support import FIXTURES, fixture_bytes, market_resolved, sequence_objects
 
 DATA_FILES = sorted(p.name for p in FIXTURES.iterdir() if p.suffix in (".json", ".txt"))
+MARKET_RESOLVED = market_resolved("0x" + "ab" * 32, ["101", "102"], "101", "Yes", 1766790415550)
 
 
 class TestRecordedFixtures:
@@ -88,9 +92,29 @@ class TestRecordedFixtures:
         (tick,) = decode_frame(fixture_bytes("ws_tick_size_change_2025-02.json"))
         assert isinstance(tick, TickSizeChange) and (tick.old_tick_size, tick.new_tick_size) == ("0.01", "0.001")
 
-    def test_unknown_event_types_are_reported_not_raised(self) -> None:
-        """best_bid_ask and new_market are well formed but not applied: they decode as UnknownEvent."""
-        assert decode_frame(fixture_bytes("ws_best_bid_ask_2025-12.json")) == [UnknownEvent("best_bid_ask")]
+    def test_best_bid_ask_decodes_with_its_prices(self) -> None:
+        """The recorded `best_bid_ask` (sent with custom features): its token, prices and string timestamp."""
+        (quote,) = decode_frame(fixture_bytes("ws_best_bid_ask_2025-12.json"))
+        assert isinstance(quote, BestBidAsk) and quote.asset_id.startswith("8535495606")
+        assert (quote.best_bid, quote.best_ask, quote.spread, quote.timestamp) == (
+            "0.73",
+            "0.77",
+            "0.04",
+            1766789469958,
+        )
+
+    def test_market_resolved_decodes_in_the_documented_shape(self) -> None:
+        """No recording exists; Polymarket's documented shape: the market's tokens, the winner, its label."""
+        (resolved,) = decode_frame(MARKET_RESOLVED)
+        assert isinstance(resolved, MarketResolved)
+        assert resolved.assets_ids == ["101", "102"] and (resolved.winning_asset_id, resolved.winning_outcome) == (
+            "101",
+            "Yes",
+        )
+        assert resolved.timestamp == 1766790415550 and event_asset_ids(resolved) == ["101", "102"]
+
+    def test_a_new_market_is_reported_not_raised(self) -> None:
+        """new_market is well formed but changes no book: it decodes as UnknownEvent."""
         assert decode_frame(fixture_bytes("ws_new_market_2025-12.json")) == [UnknownEvent("new_market")]
 
     def test_a_new_market_decodes_for_the_feed_and_anything_else_is_refused(self) -> None:

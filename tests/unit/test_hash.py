@@ -1,0 +1,99 @@
+"""The exchange's book hash, recomputed: every recorded book reproduces its own ``hash``, Polymarket's test
+vector too, and a changed level is caught only when every field the current form covers is known."""
+
+from __future__ import annotations
+
+import msgspec
+import pytest
+
+from pool.models import BookChecks, BookEvent, BookStore, Level, decode_frame
+from pool.models._hash import check_hash
+from tests.support import fixture_bytes, sequence_objects
+
+# Polymarket's py-clob-client `tests/test_utilities.py` (MIT), restated in FORMAT.md section 9.
+VECTOR = BookEvent(
+    market="0xaabbcc",
+    asset_id="100",
+    timestamp=123456789,
+    bids=[Level("0.3", "100"), Level("0.4", "100")],
+    asks=[Level("0.6", "100"), Level("0.7", "100")],
+    min_order_size="100",
+    tick_size="0.01",
+    neg_risk=False,
+    last_trade_price="0.5",
+    hash="0458ea5755c9f73d64a14636fa5c36ed460ec394",
+)
+
+
+def book_of(raw: bytes) -> BookEvent:
+    (event,) = decode_frame(raw)
+    assert isinstance(event, BookEvent)
+    return event
+
+
+def spoiled(event: BookEvent) -> BookEvent:
+    """``event`` with the size of its best bid changed, its ``hash`` kept."""
+    bids = [*event.bids[:-1], Level(event.bids[-1].price, event.bids[-1].size + "1")]
+    return msgspec.structs.replace(event, bids=bids)
+
+
+RECORDED = [
+    fixture_bytes("ws_book_2024-09.json"),  # five fields: no timestamp
+    fixture_bytes("rest_book_2024-09.json"),
+    fixture_bytes("ws_book_2024-11.json"),  # six: a timestamp
+    *(sequence_objects("sequence_2024-12_price_change_v1_changes.txt")[i] for i in (0, 2, 4)),
+    *(sequence_objects("sequence_2025-10_price_change_v2.txt")[i] for i in (2, 4)),  # nine: REST metadata
+]
+
+
+class TestCheckHash:
+    @pytest.mark.parametrize("raw", RECORDED)
+    def test_every_recorded_book_matches_its_own_hash(self, raw: bytes) -> None:
+        assert check_hash(book_of(raw)) == "matched"
+
+    def test_the_current_form_of_ten_fields_matches_polymarkets_vector(self) -> None:
+        assert check_hash(VECTOR) == "matched"
+        assert check_hash(msgspec.structs.replace(VECTOR, hash="0x" + VECTOR.hash.upper())) == "matched"
+
+    def test_a_websocket_book_verifies_with_the_metadata_a_rest_book_taught(self) -> None:
+        """The October 2025 WebSocket book lacks min_order_size and neg_risk: alone it cannot be checked;
+        with the REST book's values it matches."""
+        lines = sequence_objects("sequence_2025-10_price_change_v2.txt")
+        ws, rest = book_of(lines[0]), book_of(lines[2])
+        assert check_hash(ws) == "unverifiable"
+        assert (
+            check_hash(ws, min_order_size=rest.min_order_size, tick_size=rest.tick_size, neg_risk=rest.neg_risk)
+            == "matched"
+        )
+
+    def test_a_changed_level_is_a_mismatch_only_where_every_hashed_field_is_known(self) -> None:
+        """With all ten fields (or none of the later ones: the 2024 form without a timestamp), a changed
+        size is a mismatch; with a timestamp but no metadata it might be the newer form: unverifiable."""
+        assert check_hash(spoiled(VECTOR)) == "mismatched"
+        assert check_hash(spoiled(book_of(fixture_bytes("ws_book_2024-09.json")))) == "mismatched"
+        assert check_hash(spoiled(book_of(fixture_bytes("ws_book_2024-11.json")))) == "unverifiable"
+        without_trade = msgspec.structs.replace(spoiled(VECTOR), last_trade_price=None)
+        assert check_hash(without_trade) == "unverifiable"
+        assert check_hash(without_trade, last_trade_price="0.5") == "mismatched"
+
+    def test_a_book_without_a_hash_is_not_checked(self) -> None:
+        assert check_hash(msgspec.structs.replace(VECTOR, hash="")) is None
+
+
+class TestStoreVerifiesHashes:
+    def test_the_store_counts_each_book_and_learns_the_metadata(self) -> None:
+        """With verify_hashes, the October 2025 sequence counts: its WebSocket book unverifiable, both REST
+        books matched; the WebSocket book sent again then matches with what the REST book taught."""
+        lines = sequence_objects("sequence_2025-10_price_change_v2.txt")
+        store = BookStore(verify_hashes=True)
+        for raw in lines:
+            for event in decode_frame(raw):
+                store.apply(event)
+        assert store.checks() == BookChecks(hashes_matched=2, hashes_unverifiable=1)
+        store.apply(book_of(lines[0]))
+        assert store.checks().hashes_matched == 3
+
+    def test_off_by_default(self) -> None:
+        store = BookStore()
+        store.apply(spoiled(VECTOR))
+        assert store.checks() == BookChecks()
