@@ -16,6 +16,10 @@ Listing both tokens of a market next to each other keeps them together from the 
 When a connection drops, stalls or goes silent it marks the pool's books of its assets stale
 (`PersistentWorkerPool.mark_stale`) and reconnects; the service then sends a fresh `book` for every asset,
 which makes each book live again.
+
+A ``market_resolved`` (with ``market_events``) closes the books of the settled market in the pool; the
+feed then stops following those assets (their connection unsubscribes, so no watchdog waits for data that
+will never come) and keeps them as resolved until `unsubscribe` drops their closed books.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ import anyio.abc
 import msgspec
 
 from pool import BrokenWorkerError
-from pool.models import FeedStatus, MessageError, NewMarket, decode_new_markets
+from pool.models import FeedStatus, MarketResolved, MessageError, NewMarket, decode_frame, decode_new_markets
 from pool.models._frame_ids import FrameIds, frame_ids_decoder
 from pool.models._logging import get_logger
 
@@ -73,7 +77,9 @@ class PolymarketFeed:
         backoff, max_backoff: the first reconnect delay and its cap (doubling, with up to 50% jitter).
         open_timeout: seconds to connect and complete the handshake.
         market_events: subscribe with ``custom_feature_enabled``, so that the service also sends
-            ``best_bid_ask``, ``new_market`` and ``market_resolved``.
+            ``best_bid_ask`` (the workers check each against the book: `PoolConfig.best_bid_ask_resync_after`),
+            ``new_market`` (see ``on_new_market``) and ``market_resolved`` (the market's books are closed and
+            the feed follows them no more; see ``resolved`` in `stats`).
         on_new_market: with ``market_events``, called with each `pool.models.NewMarket` (once a market,
             whichever connection brings it); when it returns true, the feed subscribes to the market's
             tokens. An exception in it is logged and counts as false.
@@ -152,6 +158,7 @@ class PolymarketFeed:
         self._connections: list[Connection] = []
         self._retired: list[Connection] = []  # closed for want of assets; their counts stay in the totals
         self._owner: dict[str, Connection] = {}
+        self._resolved: dict[str, None] = {}  # followed until their market settled; their closed books stay
         self._next_index = 0
         self._frames = 0
         self._bytes = 0
@@ -190,6 +197,7 @@ class PolymarketFeed:
             duplicates=self._duplicates,
             moved=self._moved,
             new_markets=self._new_markets_seen,
+            resolved=len(self._resolved),
         )
 
     async def __aenter__(self) -> PolymarketFeed:
@@ -219,8 +227,9 @@ class PolymarketFeed:
 
     async def subscribe(self, asset_ids: Iterable[str]) -> None:
         """Follow more assets: each goes to a connection with room (a new one if none has), which asks the
-        service for it at once if open (its `book` comes first)."""
-        new = [asset_id for asset_id in dict.fromkeys(asset_ids) if asset_id not in self._owner]
+        service for it at once if open (its `book` comes first). An asset whose market has settled is not
+        followed again: its book is closed."""
+        new = [a for a in dict.fromkeys(asset_ids) if a not in self._owner and a not in self._resolved]
         for connection, assets in self._assign(new).items():
             await connection.subscribe(assets)
 
@@ -228,7 +237,10 @@ class PolymarketFeed:
         """Stop following assets, and drop their books from the pool (`PersistentWorkerPool.drop_books`):
         kept, they would only grow stale, and memory would grow as the set of markets changes
         (nautilus_trader #4237). A connection left with no asset is closed."""
-        gone: list[str] = []
+        asset_ids = list(dict.fromkeys(asset_ids))
+        gone = [asset_id for asset_id in asset_ids if asset_id in self._resolved]  # closed books, unfollowed already
+        for asset_id in gone:
+            del self._resolved[asset_id]
         for connection, assets in self._by_connection(asset_ids).items():
             for asset_id in assets:
                 del self._owner[asset_id]
@@ -291,6 +303,8 @@ class PolymarketFeed:
         self._last_frame = time.monotonic()
         if self._on_new_market is not None and b'"new_market"' in frame:
             await self._new_markets(frame)
+        if b'"market_resolved"' in frame and await self._market_resolved(frame):
+            return
         if len(self._connections) > 1 or connection.awaiting:
             try:
                 ids = frame_ids_decoder.decode(frame)
@@ -298,10 +312,7 @@ class PolymarketFeed:
                 ids = None  # not market data as such: the pool counts what it is
             if ids is not None and not await self._sort(connection, ids if isinstance(ids, list) else [ids]):
                 return
-        try:
-            await self._pool.publish(frame)
-        except BrokenWorkerError as exc:
-            self._note_undelivered(exc)
+        await self._publish(frame)
 
     async def _sort(self, connection: Connection, events: list[FrameIds]) -> bool:
         """Whether ``connection`` is the one to publish a frame of ``events``; notes the books it brings,
@@ -374,6 +385,43 @@ class PolymarketFeed:
             if wanted:
                 self._log.info("feed_new_market_followed", market=market.market, assets=len(market.assets_ids))
                 await self.subscribe(market.assets_ids)
+
+    async def _market_resolved(self, frame: bytes) -> bool:
+        """Publish a settlement of followed assets (their books close in the pool), then follow them no more;
+        False if ``frame`` settles nothing after all (it then takes the common path).
+
+        Each connection that follows a token of the market delivers it: the first publishes it, and the
+        copies find nothing left to close (counted in ``duplicates``). One that names nothing this feed
+        follows is not published: the service sends it to every subscription with custom features.
+        """
+        try:
+            events = decode_frame(frame)
+        except MessageError:
+            events = []
+        settled = [a for event in events if isinstance(event, MarketResolved) for a in event.assets_ids]
+        if not settled:
+            return False
+        followed = [asset_id for asset_id in dict.fromkeys(settled) if asset_id in self._owner]
+        if not followed:
+            if any(asset_id in self._resolved for asset_id in settled):
+                self._duplicates += 1  # another connection delivered it first
+            return True
+        await self._publish(frame)
+        for connection, assets in self._by_connection(followed).items():
+            for asset_id in assets:
+                del self._owner[asset_id]
+                self._resolved[asset_id] = None
+            await connection.unsubscribe(assets)
+            if not connection.assets:
+                self._retire(connection)
+        self._log.info("feed_market_resolved", assets=len(followed), first=followed[0])
+        return True
+
+    async def _publish(self, frame: bytes) -> None:
+        try:
+            await self._pool.publish(frame)
+        except BrokenWorkerError as exc:
+            self._note_undelivered(exc)
 
     async def _on_stale(self, connection: Connection, asset_ids: list[str]) -> None:
         stale = await self._pool.mark_stale(asset_ids)

@@ -6,58 +6,24 @@ from __future__ import annotations
 
 import random
 import threading
-from typing import Any
 
 import msgspec
 import pytest
 
-from pool import PersistentWorkerPool, PoolConfig, UnknownAssetError
+from pool import PersistentWorkerPool, UnknownAssetError
 from pool._service._synthetic import SyntheticMarket
-from pool.feeds import PolymarketFeed
 from pool.models import NewMarket, PoolEvent, PoolEventKind
-from tests.integration.sharded_market import ShardedMarketServer
-from tests.support import as_decimals, event_asset_ids, fixture_bytes, until
+from tests.integration.sharded_market import (
+    ShardedMarketServer,
+    assert_exact,
+    every_book,
+    feed_of,
+    pool_config,
+    settled,
+)
+from tests.support import event_asset_ids, fixture_bytes, until
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(90)]
-
-
-def pool_config() -> PoolConfig:
-    return PoolConfig(worker_count=2, heartbeat_interval=0.5)
-
-
-def feed_of(
-    pool: PersistentWorkerPool, server: ShardedMarketServer, assets: list[str], **settings: Any
-) -> PolymarketFeed:
-    """A feed on ``server`` with the tests' settings (20 assets a connection, no pause between
-    connections, no stall watchdog) unless ``settings`` say otherwise."""
-    defaults: dict[str, Any] = {"assets_per_connection": 20, "connect_interval": 0.0, "stall_timeout": None}
-    return PolymarketFeed(pool, assets, url=server.url, **{**defaults, **settings})
-
-
-async def every_book(feed: PolymarketFeed, connections: int) -> None:
-    """Wait until ``connections`` are open and every asset's book has come."""
-    await until(
-        lambda: feed.stats.connections_open == connections and feed.stats.awaiting_books == 0, what="every book"
-    )
-
-
-async def settled(feed: PolymarketFeed, server: ShardedMarketServer, pool: PersistentWorkerPool) -> None:
-    """Every frame the server sent has reached the feed, every book asked for has come, and the pool has
-    applied all of it."""
-    await until(
-        lambda: server.drained() and feed.stats.frames >= server.sent and feed.stats.awaiting_books == 0,
-        what="every frame received",
-    )
-    await pool.flush()
-
-
-async def assert_exact(
-    pool: PersistentWorkerPool, server: ShardedMarketServer, *, live: bool = True, assets: list[str] | None = None
-) -> None:
-    for asset_id in assets if assets is not None else server.reference.bids:
-        view = await pool.get_book(asset_id)
-        assert not (live and view.stale), asset_id
-        assert (as_decimals(view.bids), as_decimals(view.asks)) == server.reference.levels(asset_id), asset_id
 
 
 async def test_1200_assets_over_six_connections_end_exact_with_split_markets_brought_together(
