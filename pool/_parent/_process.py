@@ -269,6 +269,7 @@ class WorkerProcess:
         self.careful_until = 0
         self.applying: int | None = None
         self.unfinished_frames = 0  # once it has exited: the frames it was sent and had not applied
+        self.retired = False  # its cumulative counts have passed to its slot's (`Slot.retire`)
         # Frames sent, and what was sent and not yet finished, in wire order: both change only together with
         # a write, under the channel's lock, whichever thread sends (`send_queued`).
         self._sent_seq = 0

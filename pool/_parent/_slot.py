@@ -26,7 +26,7 @@ import anyio
 
 from pool._exceptions import BrokenWorkerError, PoolClosedError
 from pool._wire._protocol import GetBook, Handoff, Install, Rebuild, RunTask, TaskDone, ToWorker, Trim
-from pool.models import BookChecks, BookState, BookView, ExitReason, RecycleCause, WorkerState, WorkerStats
+from pool.models import BookChecks, BookState, BookView, ExitReason, RecycleCause, WorkerState
 
 from ._changes import Changes
 from ._tasks import TaskBoard
@@ -250,10 +250,6 @@ class Slot:
             self._marked_stale.discard(asset_id)
             return True
 
-    @property
-    def resolved_count(self) -> int:
-        return len(self._resolved)
-
     def mark_stale(self, asset_ids: Iterable[str]) -> tuple[list[str], list[str]]:
         """Flag the held ones of ``asset_ids`` stale until their next `book`; return (held, newly stale).
         A closed book (its market settled) is left alone: it can miss nothing more."""
@@ -277,10 +273,13 @@ class Slot:
                 self._resolved.pop(asset_id, None)
         return held
 
-    def retire(self, stats: WorkerStats | None) -> None:
-        """Keep the counts an exited process reported, so the slot's totals outlive it."""
-        if stats is None:
+    def retire(self, process: WorkerProcess) -> None:
+        """Keep the counts an exited process reported, so the slot's totals outlive it. From then on they
+        are counted here only (`WorkerProcess.retired`), though the process stays the slot's until the next."""
+        stats = process.stats
+        if process.retired or stats is None:
             return
+        process.retired = True
         self.retired_errors += stats.errors
         self.retired_handler_errors += stats.handler_errors
         add_counts(self.retired_rejections, stats.rejections)

@@ -59,6 +59,8 @@ def worker_status(slot: Slot, now: float, memory: MemoryInfo | None, unresponsiv
     """One slot as `PoolStatus.workers` shows it."""
     process = slot.process
     stats = process.stats if process is not None else None
+    # The slot's cumulative counts are its retired processes' plus the current one's, until it retires too.
+    counted = stats if process is not None and not process.retired else None
     pid = process.pid if process is not None else None
     if memory is not None and memory.pid != pid:
         memory = None  # a sample of a process that has since been replaced
@@ -74,15 +76,15 @@ def worker_status(slot: Slot, now: float, memory: MemoryInfo | None, unresponsiv
         pid=pid,
         books=stats.orderbook_count if stats else 0,
         messages=stats.messages_processed if stats else 0,
-        errors=slot.retired_errors + (stats.errors if stats else 0),
+        errors=slot.retired_errors + (counted.errors if counted else 0),
         pending=slot.pending,
-        rejections=add_counts(dict(slot.retired_rejections), stats.rejections if stats else {}),
+        rejections=add_counts(dict(slot.retired_rejections), counted.rejections if counted else {}),
         memory_bytes=memory.bytes_used if memory else (stats.memory_usage_bytes if stats else 0),
         memory_cap_bytes=memory.cap_bytes if memory else None,
         memory_ratio=memory.ratio if memory else None,
         last_heartbeat_age=now - process.last_heard if process is not None else None,
         restarts=slot.restarts,
-        handler_errors=slot.retired_handler_errors + (stats.handler_errors if stats else 0),
+        handler_errors=slot.retired_handler_errors + (counted.handler_errors if counted else 0),
         frames_dropped=slot.dropped,
         frames_quarantined=slot.quarantined,
         pending_tasks=tasks[TaskState.PENDING],
@@ -100,7 +102,7 @@ def worker_status(slot: Slot, now: float, memory: MemoryInfo | None, unresponsiv
         recycles_by_cause={cause: count for cause, count in slot.recycles.items()},
         last_recycle_seconds=slot.last_recycle_seconds,
         resolved_books=stats.resolved_books if stats else 0,
-        checks=slot.retired_checks + stats.checks if stats else slot.retired_checks,
+        checks=slot.retired_checks + counted.checks if counted else slot.retired_checks,
     )
 
 

@@ -158,7 +158,7 @@ class Supervisor:
         assert reason is not None
         slot.exit_code = process.exit_code
         slot.last_exit_reason = reason
-        slot.retire(process.stats)
+        slot.retire(process)
         # Before the slot is recovering, so that nothing drops its queue meanwhile.
         poison = self._find_poison(slot, process) if reason is ExitReason.HANG else None
         if stopping:

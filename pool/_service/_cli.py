@@ -113,6 +113,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--ws-url", help="polymarket: the market channel (default: Polymarket's)")
     run.add_argument("--rest-url", help="polymarket: the CLOB REST root, for snapshots (default: Polymarket's)")
     run.add_argument(
+        "--market-events",
+        action="store_true",
+        default=None,
+        help="polymarket: also take best_bid_ask (checked against the books) and market_resolved (closes them)",
+    )
+    run.add_argument(
         "--rate", type=float, default=20_000, help="simulated: updates per second offered (default: 20000)"
     )
     run.add_argument("--duration", type=float, help="seconds to run (default: until SIGTERM or SIGINT)")
@@ -158,6 +164,7 @@ def _check_run_flags(args: argparse.Namespace) -> None:
             ("--assets-file", args.assets_file),
             ("--ws-url", args.ws_url),
             ("--rest-url", args.rest_url),
+            ("--market-events", args.market_events),
         ):
             if given is not None:
                 raise ConfigError(f"command line: {flag} is for --source polymarket")
@@ -320,7 +327,7 @@ class _PolymarketSource:
     async def run(self, pool: PersistentWorkerPool, args: argparse.Namespace, stop: _Stop, started: Any) -> None:
         from pool.feeds import PolymarketFeed
 
-        self._feed = PolymarketFeed(pool, self.ids, url=self.url)
+        self._feed = PolymarketFeed(pool, self.ids, url=self.url, market_events=bool(args.market_events))
         async with self._feed:
             started()
             with anyio.move_on_after(args.duration if args.duration is not None else math.inf):

@@ -426,6 +426,24 @@ class TestLifecycle:
             what="the pool's threads to end",
         )
 
+    def test_the_counts_read_after_shutdown_are_those_read_before(self) -> None:
+        """A stopped worker's counts pass to its slot's totals once: the status read after the pool has
+        stopped (what the CLI prints last) counts each rejected event and each checked quote once."""
+        market = SyntheticMarket(10, seed=33)
+        asset_id = market.asset_ids[0]
+        frames = [
+            b'{"event_type":"book","asset_id":"%s","bids":"x","asks":[]}' % market.asset_ids[1].encode(),
+            b'{"event_type":"best_bid_ask","asset_id":"%s","best_bid":"0.01","best_ask":"0.99"}' % asset_id.encode(),
+        ]
+        with PersistentWorkerPool(config()) as pool:
+            pool.publish([*market.snapshots(), *frames])
+            pool.flush(timeout=10)
+            before = pool.get_status()
+        after = pool.get_status()
+        assert (before.frames_rejected, before.checks.best_bid_ask_checked) == (1, 1)
+        assert (after.frames_rejected, after.rejections, after.checks) == (1, before.rejections, before.checks)
+        assert {w: s.errors for w, s in after.workers.items()} == {w: s.errors for w, s in before.workers.items()}
+
     def test_a_pool_runs_once(self) -> None:
         pool = PersistentWorkerPool(config(worker_count=1))
         with pool:
