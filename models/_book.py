@@ -417,7 +417,7 @@ class BookStore:
         self.skipped = 0
         self.superseded = 0
         self.unknown = 0
-        self.mismatched: list[str] = []  # marked stale for their quotes since the owner last took them
+        self.mismatched: set[str] = set()  # marked stale for their quotes since the owner last took them
         self.newly_resolved: list[OrderBook] = []  # closed since the owner last took them
         self._owns = owns
         self._verify_hashes = verify_hashes
@@ -519,7 +519,7 @@ class BookStore:
             del self._quote_misses[asset_id]
             self._quote_resyncs += 1
             self.stale.add(asset_id)
-            self.mismatched.append(asset_id)
+            self.mismatched.add(asset_id)
 
     def _resolve(self, event: MarketResolved) -> list[OrderBook]:
         """Close the books of a settled market; an asset waiting for its book (stale, none held) gets an
@@ -569,30 +569,29 @@ class BookStore:
             self.skipped += 1
             return None
         book = self.books.get(event.asset_id)
-        if self._verify_hashes:
-            self._check_hash(event, book)
         if book is None:
             book = OrderBook(event.asset_id, event.market)
             book.apply_snapshot(event)  # validate before the book is visible
             self.books[event.asset_id] = book
         else:
             book.apply_snapshot(event)
+        if self._verify_hashes:
+            self._check_hash(event, book)
         book.floor = floor
         self.stale.discard(event.asset_id)
         self._quote_misses.pop(event.asset_id, None)
         return book
 
-    def _check_hash(self, event: BookEvent, book: OrderBook | None) -> None:
-        if book is None:
-            outcome = check_hash(event)
-        else:
-            outcome = check_hash(
-                event,
-                min_order_size=book.min_order_size,
-                tick_size=book.tick_size,
-                neg_risk=book.neg_risk,
-                last_trade_price=book.last_trade.price if book.last_trade is not None else None,
-            )
+    def _check_hash(self, event: BookEvent, book: OrderBook) -> None:
+        """Count whether ``event`` (just applied to ``book``) reproduces its hash, with what the book knows of
+        its market: the event's own fields, else what earlier books and trades taught it."""
+        outcome = check_hash(
+            event,
+            min_order_size=book.min_order_size,
+            tick_size=book.tick_size,
+            neg_risk=book.neg_risk,
+            last_trade_price=book.last_trade.price if book.last_trade is not None else None,
+        )
         if outcome is not None:
             self._hashes[outcome] += 1
 

@@ -15,7 +15,7 @@ import anyio
 import msgspec
 import psutil
 
-from pool.models import PoolEvent, PoolEventKind
+from pool.models import BookEvent, Level, PoolEvent, PoolEventKind
 
 FIXTURES = Path(__file__).parent / "fixtures" / "polymarket"
 
@@ -118,6 +118,40 @@ class ReferenceSource:
             raise ConnectionError("snapshot service unavailable (test)")
         with self.lock:
             return [self.reference.snapshot(a) for a in asset_ids if a in self.reference.bids]
+
+
+# Polymarket's py-clob-client `tests/test_utilities.py` (MIT), restated in FORMAT.md section 9: a book in the
+# current ten-field form and the hash the exchange would send with it.
+HASH_VECTOR = BookEvent(
+    market="0xaabbcc",
+    asset_id="100",
+    timestamp=123456789,
+    bids=[Level("0.3", "100"), Level("0.4", "100")],
+    asks=[Level("0.6", "100"), Level("0.7", "100")],
+    min_order_size="100",
+    tick_size="0.01",
+    neg_risk=False,
+    last_trade_price="0.5",
+    hash="0458ea5755c9f73d64a14636fa5c36ed460ec394",
+)
+
+
+def hashed_books() -> list[bytes]:
+    """Every recorded book whose `hash` reproduces from its own fields (the October 2025 WebSocket book
+    does not: it lacks the REST metadata), in file order."""
+    return [
+        fixture_bytes("ws_book_2024-09.json"),  # five fields: no timestamp
+        fixture_bytes("rest_book_2024-09.json"),
+        fixture_bytes("ws_book_2024-11.json"),  # six: a timestamp
+        *(sequence_objects("sequence_2024-12_price_change_v1_changes.txt")[i] for i in (0, 2, 4)),
+        *(sequence_objects("sequence_2025-10_price_change_v2.txt")[i] for i in (2, 4)),  # nine: REST metadata
+    ]
+
+
+def spoiled(book: BookEvent) -> BookEvent:
+    """``book`` with the size of its best bid changed and its ``hash`` kept."""
+    bids = [*book.bids[:-1], Level(book.bids[-1].price, book.bids[-1].size + "1")]
+    return msgspec.structs.replace(book, bids=bids)
 
 
 def market_resolved(market: str, asset_ids: Sequence[str], winner: str, outcome: str, timestamp: int) -> bytes:

@@ -341,5 +341,5 @@ class WorkerLoop:
         rejected_books = sorted({a for a in self._rejected_books if a in store.stale})
         mismatched_books = sorted({a for a in store.mismatched if a in store.stale})
         resolved = self._encoder.encode(store.dump(store.newly_resolved)) if store.newly_resolved else b""
-        self._rejected_books, store.mismatched, store.newly_resolved = [], [], []
+        self._rejected_books, store.mismatched, store.newly_resolved = [], set(), []
         self._conn.send_bytes(self._encoder.encode(Progress(stats, logs, rejected_books, mismatched_books, resolved)))

@@ -28,7 +28,7 @@ from pool._service._synthetic import SyntheticMarket
 from tests.integration.clob_server import ClobServer
 from tests.integration.market_server import MarketServer
 from tests.integration.sharded_market import ShardedMarketServer
-from tests.support import wait_for
+from tests.support import market_resolved, wait_for
 
 # Small and quick: the simulated market with 200 books at 5,000 updates/s.
 QUICK = ["--assets", "200", "--rate", "5000", "--status-interval", "0.5", "--log-format", "json"]
@@ -198,6 +198,7 @@ def test_environment_beats_the_file_and_flags_beat_the_environment(
         ["run", "--metrics-port", "70000"],
         ["run", "--assets", "many"],
         ["run", "--ws-url", "ws://127.0.0.1:1"],
+        ["run", "--market-events"],
         ["run", "--source", "polymarket"],
         ["run", "--source", "polymarket", "--assets", "12,abc"],
         ["nonsense"],
@@ -463,8 +464,9 @@ def test_the_polymarket_source_runs_on_local_servers(tmp_path: Path, start_cli: 
 
 @pytest.mark.timeout(90)
 def test_the_polymarket_source_takes_thousands_of_assets(tmp_path: Path, start_cli: Callable[..., Cli]) -> None:
-    """1,200 token ids in a file: the feed opens 6 connections of 200 and every book comes; /metrics
-    shows them, and the run stops cleanly with every book held."""
+    """1,200 token ids in a file, with --market-events: the feed opens 6 connections of 200 and every book
+    comes; quotes of 200 books all agree with them and one market settles (its two books closed); /metrics
+    shows all of it, and the run stops cleanly with every book held."""
     market = SyntheticMarket(1_200, seed=33)
     assets = tmp_path / "assets.txt"
     assets.write_text("\n".join(market.asset_ids) + "\n")
@@ -472,6 +474,7 @@ def test_the_polymarket_source_takes_thousands_of_assets(tmp_path: Path, start_c
         run = start_cli(
             "run", "--source", "polymarket", "--assets-file", str(assets), "--ws-url", server.url,
             "--rest-url", "http://127.0.0.1:1", "--workers", "2", "--metrics-port", "0", "--log-format", "json",
+            "--market-events",
         )  # fmt: skip
         port = run.wait_for_event("run_started")["metrics_port"]
 
@@ -483,11 +486,26 @@ def test_the_polymarket_source_takes_thousands_of_assets(tmp_path: Path, start_c
             )
 
         wait_for(every_book, timeout=60, what="6 connections and every book")
+        server.quote(market.asset_ids[:200])
+        settled = market.asset_ids[:2]  # one market's two tokens
+        server.publish([market_resolved(market.market_of[settled[0]], settled, settled[0], "Yes", 1_770_000_000_000)])
+
+        def checked() -> bool:
+            samples = scrape(port)
+            quotes = sum(
+                samples.get(f'worker_pool_book_checks_total{{check="best_bid_ask_checked",worker="{w}"}}', 0)
+                for w in "01"
+            )
+            return quotes == 200 and samples.get('worker_pool_feed_resolved{feed="polymarket"}') == 2.0
+
+        wait_for(checked, timeout=30, what="200 quotes checked and a market settled, on /metrics")
         run.process.send_signal(signal.SIGTERM)
         code, stdout = run.finish(timeout=30)
     assert code == 0
-    assert json.loads(stdout)["total_books"] == 1_200
-    assert len(server.clients) == 6
+    status = json.loads(stdout)
+    assert status["total_books"] == 1_200 and status["resolved_books"] == 2
+    assert status["checks"]["best_bid_ask_checked"] == 200 and status["checks"]["best_bid_ask_mismatches"] == 0
+    assert len(server.clients) == 6 and all(client.market_events for client in server.clients)
 
 
 @pytest.mark.timeout(60)

@@ -15,7 +15,7 @@ from pool import PersistentWorkerPool, PoolConfig, UnknownAssetError
 from pool._service._synthetic import SyntheticMarket
 from pool._wire._routing import slot_for
 from pool.feeds import PolymarketFeed
-from pool.models import BookChecks, BookEvent, Level, PoolEvent, PoolEventKind, Resolution, WorkerState
+from pool.models import BookChecks, PoolEvent, PoolEventKind, Resolution, WorkerState
 from tests.integration.sharded_market import (
     ShardedMarketServer,
     assert_exact,
@@ -24,7 +24,15 @@ from tests.integration.sharded_market import (
     pool_config,
     settled,
 )
-from tests.support import event_asset_ids, fixture_bytes, market_resolved, sequence_objects, until
+from tests.support import (
+    HASH_VECTOR,
+    event_asset_ids,
+    hashed_books,
+    market_resolved,
+    sequence_objects,
+    spoiled,
+    until,
+)
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -151,34 +159,17 @@ def test_verify_book_hash_recomputes_the_exchanges_hash_in_the_workers() -> None
     timestamp-era hash they can reproduce), count a book spoiled after hashing as a mismatch, and count the
     October 2025 WebSocket book, which lacks the REST metadata, as unverifiable; the books are applied all
     the same. Without it nothing is counted."""
-    recorded = [
-        fixture_bytes("ws_book_2024-09.json"),
-        fixture_bytes("rest_book_2024-09.json"),
-        fixture_bytes("ws_book_2024-11.json"),
-        *(sequence_objects("sequence_2024-12_price_change_v1_changes.txt")[i] for i in (0, 2, 4)),
-        *(sequence_objects("sequence_2025-10_price_change_v2.txt")[i] for i in (2, 4)),
-    ]
+    # The WebSocket book goes first, before the REST books of its asset teach the metadata; the last frame is
+    # Polymarket's test vector (FORMAT.md section 9) with one size changed after hashing.
     unverifiable = sequence_objects("sequence_2025-10_price_change_v2.txt")[0]
-    spoiled = BookEvent(  # Polymarket's test vector (FORMAT.md section 9), one size changed after hashing
-        market="0xaabbcc",
-        asset_id="100",
-        timestamp=123456789,
-        bids=[Level("0.3", "100"), Level("0.4", "101")],
-        asks=[Level("0.6", "100"), Level("0.7", "100")],
-        min_order_size="100",
-        tick_size="0.01",
-        neg_risk=False,
-        last_trade_price="0.5",
-        hash="0458ea5755c9f73d64a14636fa5c36ed460ec394",
-    )
-    frames = [unverifiable, *recorded, msgspec.json.encode(spoiled)]  # the first before REST books teach its asset
+    frames = [unverifiable, *hashed_books(), msgspec.json.encode(spoiled(HASH_VECTOR))]
     with PersistentWorkerPool(PoolConfig(worker_count=2, verify_book_hash=True)) as pool:
         pool.publish(frames)
         pool.flush(timeout=10)
         status = pool.get_status()
         assert status.checks == BookChecks(hashes_matched=8, hash_mismatches=1, hashes_unverifiable=1)
         assert sum(worker.checks.hashes_matched for worker in status.workers.values()) == 8
-        assert pool.get_book("100").bids == [("0.4", "101"), ("0.3", "100")]  # applied all the same
+        assert pool.get_book("100").bids == [("0.4", "1001"), ("0.3", "100")]  # applied all the same
     with PersistentWorkerPool(PoolConfig(worker_count=2)) as pool:
         pool.publish(frames)
         pool.flush(timeout=10)

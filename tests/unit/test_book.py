@@ -428,23 +428,23 @@ class TestQuoteCheck:
         store.apply(book_event([("0.5", "2")], [("0.6", "3")]))
         for bid in ("0.49", "0.5", "0.49"):
             store.apply(quote(bid, "0.6"))
-        assert not store.stale and store.mismatched == []
+        assert not store.stale and store.mismatched == set()
         store.apply(quote("0.5", "0.61"))
-        assert store.stale == {ASSET} and store.mismatched == [ASSET]
+        assert store.stale == {ASSET} and store.mismatched == {ASSET}
         assert store.checks() == BookChecks(best_bid_ask_checked=4, best_bid_ask_mismatches=3, best_bid_ask_resyncs=1)
         store.apply(quote("0.1", "0.9"))  # a stale book is known to be behind: not checked
         assert store.checks().best_bid_ask_checked == 4
         store.apply(book_event([("0.5", "2")], [("0.61", "3")]))
         assert not store.stale
         store.apply(quote("0.5", "0.61"))
-        assert store.checks().best_bid_ask_checked == 5 and store.mismatched == [ASSET]
+        assert store.checks().best_bid_ask_checked == 5 and store.mismatched == {ASSET}
 
     def test_without_a_threshold_mismatches_are_only_counted(self) -> None:
         store = BookStore(quote_resync_after=None)
         store.apply(book_event([("0.5", "2")], []))
         for _ in range(5):
             store.apply(quote("0.4", "1"))
-        assert store.checks().best_bid_ask_mismatches == 5 and not store.stale and store.mismatched == []
+        assert store.checks().best_bid_ask_mismatches == 5 and not store.stale and store.mismatched == set()
 
     def test_a_quote_with_a_bad_price_is_rejected_and_one_for_no_book_is_skipped(self) -> None:
         store = BookStore(quote_resync_after=1)

@@ -6,23 +6,10 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-from pool.models import BookChecks, BookEvent, BookStore, Level, decode_frame
+from pool.models import BookChecks, BookEvent, BookStore, decode_frame
 from pool.models._hash import check_hash
-from tests.support import fixture_bytes, sequence_objects
-
-# Polymarket's py-clob-client `tests/test_utilities.py` (MIT), restated in FORMAT.md section 9.
-VECTOR = BookEvent(
-    market="0xaabbcc",
-    asset_id="100",
-    timestamp=123456789,
-    bids=[Level("0.3", "100"), Level("0.4", "100")],
-    asks=[Level("0.6", "100"), Level("0.7", "100")],
-    min_order_size="100",
-    tick_size="0.01",
-    neg_risk=False,
-    last_trade_price="0.5",
-    hash="0458ea5755c9f73d64a14636fa5c36ed460ec394",
-)
+from tests.support import HASH_VECTOR as VECTOR
+from tests.support import fixture_bytes, hashed_books, sequence_objects, spoiled
 
 
 def book_of(raw: bytes) -> BookEvent:
@@ -31,23 +18,8 @@ def book_of(raw: bytes) -> BookEvent:
     return event
 
 
-def spoiled(event: BookEvent) -> BookEvent:
-    """``event`` with the size of its best bid changed, its ``hash`` kept."""
-    bids = [*event.bids[:-1], Level(event.bids[-1].price, event.bids[-1].size + "1")]
-    return msgspec.structs.replace(event, bids=bids)
-
-
-RECORDED = [
-    fixture_bytes("ws_book_2024-09.json"),  # five fields: no timestamp
-    fixture_bytes("rest_book_2024-09.json"),
-    fixture_bytes("ws_book_2024-11.json"),  # six: a timestamp
-    *(sequence_objects("sequence_2024-12_price_change_v1_changes.txt")[i] for i in (0, 2, 4)),
-    *(sequence_objects("sequence_2025-10_price_change_v2.txt")[i] for i in (2, 4)),  # nine: REST metadata
-]
-
-
 class TestCheckHash:
-    @pytest.mark.parametrize("raw", RECORDED)
+    @pytest.mark.parametrize("raw", hashed_books())
     def test_every_recorded_book_matches_its_own_hash(self, raw: bytes) -> None:
         assert check_hash(book_of(raw)) == "matched"
 
