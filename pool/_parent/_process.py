@@ -416,9 +416,9 @@ class WorkerProcess:
                         self.stats = stats
                         self.acked = stats.applied_seq
                         self._trim_inflight(slot)
-                        slot.progressed(self.acked)
-                        if resolved:
+                        if resolved:  # before the waiters on these frames (flush) are woken: they may kill us
                             slot.books_resolved(self._states.decode(resolved))
+                        slot.progressed(self.acked)
                         if rejected_books:
                             self._on_books_stale(slot.stale_in_worker(rejected_books), REJECTED)
                         if mismatched_books:
