@@ -419,6 +419,7 @@ class BookStore:
         self.unknown = 0
         self.mismatched: set[str] = set()  # marked stale for their quotes since the owner last took them
         self.newly_resolved: list[OrderBook] = []  # closed since the owner last took them
+        self.checks_changed = False  # `checks` moved since the owner last cleared this
         self._owns = owns
         self._verify_hashes = verify_hashes
         self._quote_resync_after = quote_resync_after
@@ -510,6 +511,7 @@ class BookStore:
             return
         matches = book.quote_matches(event)  # raises for a bad price: the event is rejected, not counted here
         self._quotes_checked += 1
+        self.checks_changed = True
         if matches:
             self._quote_misses.pop(asset_id, None)
             return
@@ -594,6 +596,7 @@ class BookStore:
         )
         if outcome is not None:
             self._hashes[outcome] += 1
+            self.checks_changed = True
 
     def checks(self) -> BookChecks:
         """What this store checked its books against so far."""

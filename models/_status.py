@@ -194,8 +194,7 @@ class WorkerStats(msgspec.Struct, frozen=True, kw_only=True):
     `models.Rejection` values); ``handler_errors`` counts exceptions raised by the user's handler,
     ``unknown_events`` well-formed events of types the pool does not apply, and ``skipped_updates`` events
     for owned assets with no book yet (or closed: resolved). ``resolved_books`` counts the books closed by a
-    ``market_resolved`` (among ``orderbook_count``), and ``checks`` what the worker checked its books
-    against. ``processing_time_ms`` is the time spent decoding and applying
+    ``market_resolved`` (among ``orderbook_count``). ``processing_time_ms`` is the time spent decoding and applying
     batches, summed (wall time: it includes any time the process was not scheduled).
     ``batch_seconds_buckets`` counts batches by that time, per bucket of `BATCH_SECONDS_BOUNDS` (not
     cumulative; the last bucket is above the last bound). ``memory_usage_bytes`` is the worker's RSS;
@@ -222,7 +221,6 @@ class WorkerStats(msgspec.Struct, frozen=True, kw_only=True):
     batch_seconds_buckets: list[int] = msgspec.field(default_factory=_empty_buckets)
     private_memory_bytes: int | None = None
     resolved_books: int = 0
-    checks: BookChecks = BookChecks()
 
     @property
     def avg_processing_time_us(self) -> float:

@@ -57,7 +57,7 @@ from pool._wire._protocol import (
     frame_header,
     split_batches,
 )
-from pool.models import BookState, ExitReason, PoolConfig, PoolEvent, PoolEventKind, WorkerStats
+from pool.models import BookChecks, BookState, ExitReason, PoolConfig, PoolEvent, PoolEventKind, WorkerStats
 
 from ._channel import Channel
 from ._factories import PreparedFactory
@@ -259,6 +259,7 @@ class WorkerProcess:
         self._decoder: msgspec.msgpack.Decoder[FromWorker] = msgspec.msgpack.Decoder(FromWorker)
         self._states = msgspec.msgpack.Decoder(list[BookState])
         self.stats: WorkerStats | None = None
+        self.checks = BookChecks()  # what the worker checked its books against (sent when it changes)
         self.last_heard = time.monotonic()
         self.exited = anyio.Event()
         self.exit_code: int | None = None
@@ -412,8 +413,10 @@ class WorkerProcess:
                     return
                 self.last_heard = time.monotonic()
                 match message:
-                    case Progress(stats, logs, rejected_books, mismatched_books, resolved):
+                    case Progress(stats, logs, rejected_books, mismatched_books, resolved, checks):
                         self.stats = stats
+                        if checks is not None:
+                            self.checks = checks
                         self.acked = stats.applied_seq
                         self._trim_inflight(slot)
                         if resolved:  # before the waiters on these frames (flush) are woken: they may kill us

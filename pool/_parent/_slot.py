@@ -283,7 +283,7 @@ class Slot:
         self.retired_errors += stats.errors
         self.retired_handler_errors += stats.handler_errors
         add_counts(self.retired_rejections, stats.rejections)
-        self.retired_checks += stats.checks
+        self.retired_checks += process.checks
 
     def recycled(self, cause: RecycleCause) -> None:
         """Count a replacement made for memory."""

@@ -60,7 +60,8 @@ def worker_status(slot: Slot, now: float, memory: MemoryInfo | None, unresponsiv
     process = slot.process
     stats = process.stats if process is not None else None
     # The slot's cumulative counts are its retired processes' plus the current one's, until it retires too.
-    counted = stats if process is not None and not process.retired else None
+    current = process if process is not None and not process.retired else None
+    counted = stats if current is not None else None
     pid = process.pid if process is not None else None
     if memory is not None and memory.pid != pid:
         memory = None  # a sample of a process that has since been replaced
@@ -102,7 +103,7 @@ def worker_status(slot: Slot, now: float, memory: MemoryInfo | None, unresponsiv
         recycles_by_cause={cause: count for cause, count in slot.recycles.items()},
         last_recycle_seconds=slot.last_recycle_seconds,
         resolved_books=stats.resolved_books if stats else 0,
-        checks=slot.retired_checks + counted.checks if counted else slot.retired_checks,
+        checks=slot.retired_checks + current.checks if current is not None else slot.retired_checks,
     )
 
 

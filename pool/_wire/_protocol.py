@@ -15,7 +15,7 @@ from itertools import accumulate
 
 import msgspec
 
-from pool.models import BookView, WorkerStats
+from pool.models import BookChecks, BookView, WorkerStats
 
 __all__ = [
     "HELLO",
@@ -195,13 +195,17 @@ class Progress(msgspec.Struct, tag=True, array_like=True):
     log tallies that came due since the last one and, since the last one, the books made stale for a
     rejected `book` snapshot (``rejected_books``) or for ``best_bid_ask`` quotes that disagreed with them
     (``mismatched_books``): the parent marks them stale too and asks for a resync. ``resolved`` holds the
-    books closed since (a msgpack `list[BookState]`, or empty), which the parent keeps for a rebuild."""
+    books closed since (a msgpack `list[BookState]`, or empty), which the parent keeps for a rebuild.
+    ``checks`` is the process's `BookChecks` when they changed since the last report, else ``None``: they
+    change only with market events or hash checks, and a report is sent every few frames, so the usual
+    report does not carry (and encode, and decode) six named counters that have not moved."""
 
     stats: WorkerStats
     logs: list[LogTally] = []
     rejected_books: list[str] = []
     mismatched_books: list[str] = []
     resolved: bytes = b""
+    checks: BookChecks | None = None
 
 
 class BookReply(msgspec.Struct, tag=True, array_like=True):

@@ -332,7 +332,6 @@ class WorkerLoop:
             batch_seconds_buckets=self._batch_buckets,
             private_memory_bytes=self._uss,
             resolved_books=len(self._store.resolved),
-            checks=self._store.checks(),
         )
         self._reported_seq = self._applied_seq
         logs = self._tally.release(now, force=final)
@@ -341,5 +340,7 @@ class WorkerLoop:
         rejected_books = sorted({a for a in self._rejected_books if a in store.stale})
         mismatched_books = sorted({a for a in store.mismatched if a in store.stale})
         resolved = self._encoder.encode(store.dump(store.newly_resolved)) if store.newly_resolved else b""
-        self._rejected_books, store.mismatched, store.newly_resolved = [], set(), []
-        self._conn.send_bytes(self._encoder.encode(Progress(stats, logs, rejected_books, mismatched_books, resolved)))
+        checks = store.checks() if store.checks_changed else None
+        self._rejected_books, store.mismatched, store.newly_resolved, store.checks_changed = [], set(), [], False
+        progress = Progress(stats, logs, rejected_books, mismatched_books, resolved, checks)
+        self._conn.send_bytes(self._encoder.encode(progress))
