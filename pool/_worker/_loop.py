@@ -337,8 +337,8 @@ class WorkerLoop:
         logs = self._tally.release(now, force=final)
         # Only those still stale: a later valid `book` in the same batches has made the others live again.
         store = self._store
-        rejected_books = sorted({a for a in self._rejected_books if a in store.stale})
-        mismatched_books = sorted({a for a in store.mismatched if a in store.stale})
+        rejected_books = sorted(store.stale.intersection(self._rejected_books)) if self._rejected_books else []
+        mismatched_books = sorted(store.mismatched & store.stale) if store.mismatched else []
         resolved = self._encoder.encode(store.dump(store.newly_resolved)) if store.newly_resolved else b""
         checks = store.checks() if store.checks_changed else None
         self._rejected_books, store.mismatched, store.newly_resolved, store.checks_changed = [], set(), [], False

@@ -241,15 +241,22 @@ class PolymarketFeed:
         gone = [asset_id for asset_id in asset_ids if asset_id in self._resolved]  # closed books, unfollowed already
         for asset_id in gone:
             del self._resolved[asset_id]
+        gone += await self._release(asset_ids)
+        if gone:
+            await self._pool.drop_books(gone)
+
+    async def _release(self, asset_ids: list[str]) -> list[str]:
+        """Unsubscribe the followed ones of ``asset_ids`` on their connections (closing a connection left with
+        no asset); return them."""
+        released: list[str] = []
         for connection, assets in self._by_connection(asset_ids).items():
             for asset_id in assets:
                 del self._owner[asset_id]
-            gone += assets
+            released += assets
             await connection.unsubscribe(assets)
             if not connection.assets:
                 self._retire(connection)
-        if gone:
-            await self._pool.drop_books(gone)
+        return released
 
     async def resubscribe(self, asset_ids: Iterable[str]) -> None:
         """Ask the service again for assets already followed, so that it sends a fresh `book` for each.
@@ -407,13 +414,7 @@ class PolymarketFeed:
                 self._duplicates += 1  # another connection delivered it first
             return True
         await self._publish(frame)
-        for connection, assets in self._by_connection(followed).items():
-            for asset_id in assets:
-                del self._owner[asset_id]
-                self._resolved[asset_id] = None
-            await connection.unsubscribe(assets)
-            if not connection.assets:
-                self._retire(connection)
+        self._resolved.update(dict.fromkeys(await self._release(followed)))
         self._log.info("feed_market_resolved", assets=len(followed), first=followed[0])
         return True
 
