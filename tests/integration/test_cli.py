@@ -330,6 +330,13 @@ class Terminal:
             if not self._read(0.1):
                 assert done(self.text), f"the terminal closed; it ends with {self.text[-1500:]!r}"
 
+    def read_to_end(self, timeout: float = 30.0) -> None:
+        """Read until the terminal closes, that is until every process holding it has exited, so that
+        ``text`` holds all they wrote (a frame that merely looks complete may still be arriving)."""
+        deadline = time.monotonic() + timeout
+        while self._read(0.1):
+            assert time.monotonic() < deadline, f"still open; the screen ends with {self.text[-1500:]!r}"
+
     def _read(self, wait: float) -> bool:
         """Read what arrived within ``wait``; False once the terminal has closed (the run is over)."""
         if select.select([self._leader], [], [], wait)[0]:
@@ -421,7 +428,7 @@ def test_the_live_view_shows_every_worker_and_a_killed_one_coming_back() -> None
         terminal.read_until(came_back)
         assert "worker 1 worker_exited" in terminal.text
         terminal.process.send_signal(signal.SIGTERM)
-        terminal.read_until(lambda text: text.rstrip().endswith("}") and '"pool_status": "stopped"' in text)
+        terminal.read_to_end()
         assert terminal.process.wait(timeout=30) == 0  # a worker that came back is not a failure
         final = json.loads(terminal.text[terminal.text.index('\n{\n  "pool_status"') :])
         assert final["restarts"] == 1 and all(worker["messages"] > 0 for worker in final["workers"].values())
