@@ -38,6 +38,7 @@ from ._messages import (
     MarketResolved,
     MessageError,
     PriceChange,
+    PriceChangeEntry,
     RejectedEvent,
     Side,
     TickSizeChange,
@@ -112,6 +113,23 @@ def _parse_price(text: str) -> float:
     if len(_price_cache) >= _PRICE_CACHE_SIZE:
         _price_cache.clear()
     _price_cache[text] = price
+    return price
+
+
+def _quote_price(text: str | None, empty: float) -> float:
+    """A best bid or ask as the service quotes it, as a number; ``empty`` (0 for bids, 1 for asks) for a side
+    with no order: no text, or a price outside (0, 1) such as the "0" and "1" the service sends then.
+
+    Raises:
+        MessageError: ``text`` is not a decimal.
+    """
+    if not text:
+        return empty
+    price = _price_cache.get(text)
+    if price is None:
+        price = parse_decimal(text)
+        if not 0 < price < 1:
+            return empty
     return price
 
 
@@ -299,17 +317,15 @@ class OrderBook:
         if resolution.timestamp is not None:
             self.timestamp = resolution.timestamp
 
-    def quote_matches(self, event: BestBidAsk) -> bool:
-        """Whether the book's best bid and ask are ``event``'s (a price outside (0, 1) is an empty side).
+    def quote_matches(self, best_bid: str | None, best_ask: str | None) -> bool:
+        """Whether the book's best bid and ask are the ones quoted (a price outside (0, 1) is an empty side).
 
         Raises:
-            MessageError: a price in ``event`` is not a decimal.
+            MessageError: a quoted price is not a decimal.
         """
-        bid = parse_decimal(event.best_bid) if event.best_bid else 0.0
-        ask = parse_decimal(event.best_ask) if event.best_ask else 1.0
-        book_bid = self._bid_prices[-1] if self._bid_prices else 0.0
-        book_ask = self._ask_prices[0] if self._ask_prices else 1.0
-        return (bid if 0 < bid < 1 else 0.0) == book_bid and (ask if 0 < ask < 1 else 1.0) == book_ask
+        return (self._bid_prices[-1] if self._bid_prices else 0.0) == _quote_price(best_bid, 0.0) and (
+            self._ask_prices[0] if self._ask_prices else 1.0
+        ) == _quote_price(best_ask, 1.0)
 
     def best_bid(self) -> tuple[str, str] | None:
         """The highest bid as ``(price, size)``, or ``None`` when there are no bids."""
@@ -497,19 +513,42 @@ class BookStore:
             book.set_level(side, price_value, size_value, event.timestamp)
             if not changed or changed[-1] is not book:
                 changed.append(book)
+        if event.price_changes is not None:
+            self._check_entry_quotes(event.price_changes, changed)
         return changed
 
-    def _check_quote(self, event: BestBidAsk) -> None:
-        """Compare the service's best bid and ask with the book's; resync a book that disagrees too often.
+    def _check_entry_quotes(self, entries: list[PriceChangeEntry], changed: list[OrderBook]) -> None:
+        """A 2025 entry quotes its token's best bid and ask after it: each changed book is checked against
+        the last entry for it, now that the whole event is in (an earlier one quotes a state it moved past).
 
-        One mismatch may be a quote that overtook its `price_change`, so only ``quote_resync_after`` in a
-        row count as a wrong book. A stale book is not checked: it is known to be behind already.
+        A quote that is not a number cannot agree with the book, so it counts as a mismatch; it does not
+        reject the event, whose levels are good, and it is not parsed unless a book here is checked by it.
         """
+        for book in changed if len(changed) < 3 else dict.fromkeys(changed):  # two are never the same book
+            asset_id = book.asset_id
+            for entry in reversed(entries):
+                if entry.asset_id == asset_id:
+                    if entry.best_bid is not None and entry.best_ask is not None and asset_id not in self.stale:
+                        try:
+                            matches = book.quote_matches(entry.best_bid, entry.best_ask)
+                        except MessageError:
+                            matches = False
+                        self._count_quote(asset_id, matches)
+                    break
+
+    def _check_quote(self, event: BestBidAsk) -> None:
+        """Compare a `best_bid_ask` with its book (a stale book is known to be behind: not checked)."""
         book = self._book_for(event.asset_id, event.timestamp)
-        asset_id = event.asset_id
-        if book is None or asset_id in self.stale:
-            return
-        matches = book.quote_matches(event)  # raises for a bad price: the event is rejected, not counted here
+        if book is not None and event.asset_id not in self.stale:
+            # raises for a bad price: the event is rejected, not counted here
+            self._count_quote(event.asset_id, book.quote_matches(event.best_bid, event.best_ask))
+
+    def _count_quote(self, asset_id: str, matches: bool) -> None:
+        """Count a quote check; resync a book that disagrees too often.
+
+        One mismatch may be a `best_bid_ask` that overtook its `price_change`, so only ``quote_resync_after``
+        in a row count as a wrong book.
+        """
         self._quotes_checked += 1
         self.checks_changed = True
         if matches:

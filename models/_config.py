@@ -88,10 +88,12 @@ class PoolConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
         task_window: tasks sent ahead to a worker, at most; the others wait in the parent by priority. Wider
             pipelines more small tasks (each costs a round trip); narrower lets priorities and `cancel` act
             on more of the tasks waiting (1: strictly by priority, one round trip per task).
-        best_bid_ask_resync_after: ``best_bid_ask`` events (sent to a feed with ``market_events``) that
-            disagree with a book, in a row, after which the book is marked stale and handed to ``on_resync``
-            (a feed asks the service for a fresh `book`). One mismatch may be a quote that overtook its
-            `price_change`; several in a row mean the book is wrong. Every mismatch is counted in
+        best_bid_ask_resync_after: quotes of a book's best bid and ask that disagree with it, in a row, after
+            which the book is marked stale and handed to ``on_resync`` (a feed asks the service for a fresh
+            `book`). The quotes are ``best_bid_ask`` events (sent to a feed with ``market_events``) and the
+            ``best_bid``/``best_ask`` of every 2025 ``price_change`` entry (the token's best prices after it).
+            One mismatch may be a ``best_bid_ask`` that overtook its `price_change`, or a glitch of the
+            service; several in a row mean the book is wrong. Every mismatch is counted in
             ``get_status().checks``. ``None``: count only, never resync.
         verify_book_hash: recompute the exchange's ``hash`` of every `book` event and count whether it
             matched (``get_status().checks``). Off by default: it costs a SHA-1 of the book per `book`, the

@@ -158,8 +158,9 @@ class BookView(msgspec.Struct, frozen=True, kw_only=True):
 class BookChecks(msgspec.Struct, frozen=True, kw_only=True):
     """What the workers checked their books against, and what they found (counters; add them with ``+``).
 
-    ``best_bid_ask_checked`` counts ``best_bid_ask`` events compared with a live book, and
-    ``best_bid_ask_mismatches`` those whose best bid or ask differed from it; ``best_bid_ask_resyncs`` counts
+    ``best_bid_ask_checked`` counts quotes of a live book's best bid and ask compared with it (``best_bid_ask``
+    events, and the last entry for each book of a 2025 ``price_change``), and ``best_bid_ask_mismatches``
+    those whose best bid or ask differed from it (or was not a number); ``best_bid_ask_resyncs`` counts
     books marked stale and handed to ``on_resync`` after `PoolConfig.best_bid_ask_resync_after` mismatches in
     a row. With `PoolConfig.verify_book_hash`, each `book` event's ``hash`` is recomputed: ``hashes_matched``,
     ``hash_mismatches`` (everything the exchange hashes was known, and it differed), ``hashes_unverifiable``

@@ -81,7 +81,10 @@ TERMINATE_GRACE = 0.5
 
 # Why a worker made books stale, as `WorkerProcess.serve`'s ``on_books_stale`` is told.
 REJECTED = "its `book` was rejected; waiting for a valid one"
-MISMATCHED = "best_bid_ask disagreed with the book too many times in a row; waiting for a fresh `book`"
+MISMATCHED = (
+    "the service's best bid and ask (best_bid_ask, price_change) disagreed with the book too many times in a "
+    "row; waiting for a fresh `book`"
+)
 
 # The worker's first code, run as a script so that it ties the worker to its parent before importing anything.
 _BOOTSTRAP = str(Path(pool._worker.__file__).resolve().with_name("_bootstrap.py"))

@@ -123,10 +123,11 @@ def _memory_bar(used: int, cap: int | None) -> RenderableType:
 
 
 def _checks_line(status: PoolStatus) -> Text:
-    """What the books were checked against (best_bid_ask quotes, the exchange's hash) and the settled ones."""
+    """What the books were checked against (the service's best bid and ask quotes, the exchange's hash) and the
+    settled ones."""
     checks = status.checks
     line = Text(
-        f"books checked: best_bid_ask {checks.best_bid_ask_checked:,} ({checks.best_bid_ask_mismatches:,} "
+        f"books checked: best bid/ask {checks.best_bid_ask_checked:,} ({checks.best_bid_ask_mismatches:,} "
         f"mismatched, {checks.best_bid_ask_resyncs:,} resynced)  hash {checks.hashes_matched:,} matched, "
         f"{checks.hashes_unverifiable:,} unverifiable  closed (settled) {status.resolved_books:,}"
     )

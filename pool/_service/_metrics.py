@@ -137,7 +137,8 @@ class PoolCollector(Collector):
         )
         checks = CounterMetricFamily(
             "worker_pool_book_checks",
-            "Books checked against best_bid_ask and the exchange's hash, by outcome (models.BookChecks).",
+            "Books checked against the service's best bid/ask quotes and the exchange's hash, by outcome "
+            "(models.BookChecks).",
             labels=[*labels, "check"],
         )
         memory = GaugeMetricFamily(

@@ -189,7 +189,7 @@ class SyntheticMarket:
             {"asset_id": twin, "price": mirrored_price, "size": size, "side": mirrored_side},
         ]
         for entry in entries:
-            entry.update(hash=f"{self._random.getrandbits(160):040x}", best_bid="0.49", best_ask="0.51")
+            entry.update(hash=f"{self._random.getrandbits(160):040x}", **self._quote(entry["asset_id"]))
         return msgspec.json.encode(
             {
                 "event_type": "price_change",
@@ -198,6 +198,11 @@ class SyntheticMarket:
                 "timestamp": self._now(),  # a JSON number, as in the October 2025 recording
             }
         )
+
+    def _quote(self, asset_id: str) -> dict[str, str]:
+        """The token's true best bid and ask, as the exchange quotes them ("0" and "1" for an empty side)."""
+        bids, asks = self._books[asset_id]
+        return {"best_bid": _price(max(bids)) if bids else "0", "best_ask": _price(min(asks)) if asks else "1"}
 
     def _trade(self, asset_id: str) -> bytes:
         side, hundredths, _ = self._pick_level(asset_id)  # a trade does not change the book by itself

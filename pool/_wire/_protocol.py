@@ -193,12 +193,13 @@ class LogTally(msgspec.Struct, array_like=True):
 class Progress(msgspec.Struct, tag=True, array_like=True):
     """Stats after a batch (an acknowledgement) or after a quiet heartbeat interval (a heartbeat), with the
     log tallies that came due since the last one and, since the last one, the books made stale for a
-    rejected `book` snapshot (``rejected_books``) or for ``best_bid_ask`` quotes that disagreed with them
-    (``mismatched_books``): the parent marks them stale too and asks for a resync. ``resolved`` holds the
-    books closed since (a msgpack `list[BookState]`, or empty), which the parent keeps for a rebuild.
-    ``checks`` is the process's `BookChecks` when they changed since the last report, else ``None``: they
-    change only with market events or hash checks, and a report is sent every few frames, so the usual
-    report does not carry (and encode, and decode) six named counters that have not moved."""
+    rejected `book` snapshot (``rejected_books``) or for quotes of their best bid and ask (``best_bid_ask``
+    events, 2025 ``price_change`` entries) that disagreed with them (``mismatched_books``): the parent marks
+    them stale too and asks for a resync. ``resolved`` holds the books closed since (a msgpack
+    `list[BookState]`, or empty), which the parent keeps for a rebuild. ``checks`` is the process's
+    `BookChecks` when they changed since the last report, else ``None``: they change only with quotes
+    (2025 price changes, market events) or hash checks, so a report whose frames had none does not carry
+    (and encode, and decode) six named counters that have not moved."""
 
     stats: WorkerStats
     logs: list[LogTally] = []

@@ -4,6 +4,7 @@ subscriptions), and the exchange's book `hash` recomputed in the workers."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 from collections.abc import Awaitable
@@ -50,9 +51,18 @@ class _Resync:
         return self.feed.resubscribe(asset_ids)
 
 
+def quoted_entries(frames: list[bytes]) -> int:
+    """How many books the 2025 ``price_change`` frames quote (the tokens their entries name, once a frame)."""
+    return sum(
+        len({entry["asset_id"] for entry in event.get("price_changes", ()) if "best_bid" in entry})
+        for event in map(json.loads, frames)
+    )
+
+
 @pytest.mark.anyio
 async def test_best_bid_ask_is_checked_and_a_book_that_keeps_disagreeing_is_resynced(anyio_backend: str) -> None:
-    """The server quotes every book's best bid and ask (the recorded frame's shape): all 40 agree. Then it
+    """The server quotes every book's best bid and ask (the recorded frame's shape): all 40 agree, as does
+    every quote a 2025 `price_change` entry carries, each checked in the worker that holds its token. Then it
     quotes 3 books wrongly, twice: the first time is only counted; the second reaches
     best_bid_ask_resync_after=2, so those books go stale, `on_resync` makes the feed ask for them again, and
     their fresh `book`s make them live. Every book ends exact."""
@@ -69,27 +79,70 @@ async def test_best_bid_ask_is_checked_and_a_book_that_keeps_disagreeing_is_resy
             resync.feed = feed
             pool.add_listener(events.append)
             await every_book(feed, 2)
-            server.publish(list(market.updates(2_000)))
+            updates = list(market.updates(2_000))
+            server.publish(updates)
             server.quote(market.asset_ids)
             await settled(feed, server, pool)
-            assert pool.get_status().checks == BookChecks(best_bid_ask_checked=40)
+            entry_quotes = quoted_entries(updates)
+            assert entry_quotes > 0
+            assert pool.get_status().checks == BookChecks(best_bid_ask_checked=40 + entry_quotes)
             server.quote(wrong, wrong=True)
             await settled(feed, server, pool)
             assert pool.get_status().checks.best_bid_ask_mismatches == 3 and resync.calls == []
             server.quote(wrong, wrong=True)
             await until(lambda: len(event_asset_ids(events, PoolEventKind.BOOK_LIVE)) == 3, what="books live again")
-            server.publish(list(market.updates(2_000)))
+            more_updates = list(market.updates(2_000))
+            server.publish(more_updates)
             server.quote(market.asset_ids)
             await settled(feed, server, pool)
             await assert_exact(pool, server)
             checks = pool.get_status().checks
-    assert checks == BookChecks(best_bid_ask_checked=86, best_bid_ask_mismatches=6, best_bid_ask_resyncs=3)
+    entry_quotes += quoted_entries(more_updates)
+    assert checks == BookChecks(
+        best_bid_ask_checked=86 + entry_quotes, best_bid_ask_mismatches=6, best_bid_ask_resyncs=3
+    )
     assert sorted(asset for call in resync.calls for asset in call) == sorted(wrong)
     assert event_asset_ids(events, PoolEventKind.BOOK_STALE) == sorted(wrong)
     stale = next(event for event in events if event.kind is PoolEventKind.BOOK_STALE)
     assert "best_bid_ask" in stale.detail
     asked_again = [op for client in server.clients for op in client.operations if op.get("operation") == "subscribe"]
     assert sorted(asset for op in asked_again for asset in op["assets_ids"]) == sorted(wrong)
+
+
+@pytest.mark.anyio
+async def test_a_book_that_silently_diverged_is_caught_by_the_price_change_quotes(anyio_backend: str) -> None:
+    """A level the exchange never sent (what a lost or garbled message leaves behind) puts a bid on top of
+    one book that no update will ever remove. Without market events, the best bid and ask each 2025
+    `price_change` entry quotes disagree with it three times in a row (best_bid_ask_resync_after's default):
+    the book goes stale, `on_resync` makes the feed ask for it again, its fresh `book` makes it live, and
+    every book ends exact."""
+    market = SyntheticMarket(40, seed=625)
+    victim = market.asset_ids[0]
+    resync = _Resync()
+    events: list[PoolEvent] = []
+    snapshots = market.snapshots()
+    updates = list(market.updates(3_000))
+    assert sum(victim in frame.decode() and b'"price_changes"' in frame for frame in updates) > 3
+    with ShardedMarketServer(snapshots) as server:
+        async with (
+            PersistentWorkerPool(pool_config(), on_resync=resync) as pool,
+            feed_of(pool, server, market.asset_ids) as feed,
+        ):
+            resync.feed = feed
+            pool.add_listener(events.append)
+            await every_book(feed, 2)
+            spurious = {"event_type": "price_change", "asset_id": victim, "price": "0.99", "side": "BUY", "size": "1"}
+            await pool.publish(msgspec.json.encode(spurious))
+            await pool.flush()
+            assert (await pool.get_book(victim)).bids[0] == ("0.99", "1")
+            server.publish(updates)
+            await until(lambda: event_asset_ids(events, PoolEventKind.BOOK_LIVE) == [victim], what="the book resynced")
+            await settled(feed, server, pool)
+            await assert_exact(pool, server)
+            checks = pool.get_status().checks
+    assert checks.best_bid_ask_mismatches == 3 and checks.best_bid_ask_resyncs == 1
+    assert checks.best_bid_ask_checked > 3 and resync.calls == [[victim]]
+    assert event_asset_ids(events, PoolEventKind.BOOK_STALE) == [victim]
 
 
 @pytest.mark.anyio

@@ -455,6 +455,74 @@ class TestQuoteCheck:
         assert store.skipped == 1 and store.checks() == BookChecks() and not store.stale
 
 
+def price_changes(*entries: tuple[str, str, str, str, str | None], timestamp: int = 5) -> PriceChange:
+    """A 2025 ``price_change``: entries of ``(asset_id, side, price, size, "best_bid/best_ask" or None)``."""
+    wire = []
+    for asset_id, side, price, size, best in entries:
+        entry = {"asset_id": asset_id, "side": side, "price": price, "size": size, "hash": ""}
+        if best is not None:
+            entry["best_bid"], entry["best_ask"] = best.split("/")
+        wire.append(entry)
+    frame = {"event_type": "price_change", "market": "m", "timestamp": timestamp, "price_changes": wire}
+    [event] = decode_frame(msgspec.json.encode(frame))
+    assert isinstance(event, PriceChange)
+    return event
+
+
+class TestPriceChangeQuotes:
+    """A 2025 ``price_change`` entry quotes its token's best bid and ask after it: checked like `best_bid_ask`."""
+
+    def test_each_tokens_last_quote_is_checked_once_the_whole_event_is_applied(self) -> None:
+        """The first entry's quote is of a state the event moves past: only the last one for each token is
+        compared, after every entry is in; both agree, so two checks and nothing else."""
+        store = BookStore(quote_resync_after=1)
+        store.apply(book_event([("0.5", "2")], [("0.6", "3")]))
+        store.apply(book_event([("0.3", "1")], [("0.4", "1")], asset_id="mirror"))
+        store.apply(
+            price_changes(
+                (ASSET, "BUY", "0.55", "1", "0.55/0.6"),
+                ("mirror", "SELL", "0.45", "1", "0.3/0.4"),
+                (ASSET, "BUY", "0.55", "0", "0.5/0.6"),
+            )
+        )
+        assert store.checks() == BookChecks(best_bid_ask_checked=2) and not store.stale
+
+    def test_a_wrong_quote_counts_in_the_same_run_as_best_bid_ask(self) -> None:
+        """A price change whose quote disagrees with the book, then a `best_bid_ask` that does too: two in a
+        row, so with a threshold of 2 the book goes stale; the price change itself is applied."""
+        store = BookStore(quote_resync_after=2)
+        store.apply(book_event([("0.5", "2")], [("0.6", "3")]))
+        store.apply(price_changes((ASSET, "BUY", "0.4", "7", "0.4/0.6")))
+        assert store.stale == set() and store.books[ASSET].bids() == [("0.5", "2"), ("0.4", "7")]
+        store.apply(quote("0.4", "0.6"))
+        assert store.stale == {ASSET} and store.mismatched == {ASSET}
+        assert store.checks() == BookChecks(best_bid_ask_checked=2, best_bid_ask_mismatches=2, best_bid_ask_resyncs=1)
+
+    def test_a_quote_that_is_not_a_number_is_a_mismatch_and_the_levels_still_apply(self) -> None:
+        """The levels are good, so the event is applied, not rejected; a quote that is not a number cannot
+        agree with the book and counts as a mismatch (here past the threshold of 1: the book is resynced).
+        The quote of a token held elsewhere is not this store's to judge."""
+        store = BookStore(quote_resync_after=1)
+        store.apply(book_event([("0.5", "2")], [("0.6", "3")]))
+        store.apply(price_changes((ASSET, "BUY", "0.5", "9", "x/0.6"), ("elsewhere", "SELL", "0.5", "1", "y/1")))
+        assert store.books[ASSET].bids() == [("0.5", "9")] and store.stale == {ASSET}
+        assert store.checks() == BookChecks(best_bid_ask_checked=1, best_bid_ask_mismatches=1, best_bid_ask_resyncs=1)
+
+    def test_entries_without_a_quote_or_for_a_book_behind_or_before_its_rebuild_are_not_checked(self) -> None:
+        """No quote (older shapes, other services): nothing to check. A stale book is known to be behind. An
+        entry older than the snapshot a book was rebuilt from is not applied, so its quote is not compared."""
+        store = BookStore(quote_resync_after=1)
+        store.apply(book_event([("0.5", "2")], [("0.6", "3")]))
+        store.apply(price_changes((ASSET, "BUY", "0.4", "7", None)))
+        store.mark_stale([ASSET])
+        store.apply(price_changes((ASSET, "BUY", "0.4", "8", "0.1/0.9")))
+        store.rebuild(msgspec.structs.replace(book_event([("0.5", "2")], [("0.6", "3")]), timestamp=10))
+        store.apply(price_changes((ASSET, "BUY", "0.4", "9", "0.1/0.9"), timestamp=9))
+        assert store.checks() == BookChecks() and store.mismatched == set()
+        store.apply(price_changes((ASSET, "BUY", "0.4", "9", "0.5/0.6"), timestamp=11))
+        assert store.checks() == BookChecks(best_bid_ask_checked=1)
+
+
 def resolution_of(asset_ids: list[str], winner: str, timestamp: int = 9) -> MarketResolved:
     return MarketResolved(
         market="m", assets_ids=asset_ids, winning_asset_id=winner, winning_outcome="Yes", timestamp=timestamp

@@ -55,13 +55,14 @@ class TestCheckHash:
 class TestStoreVerifiesHashes:
     def test_the_store_counts_each_book_and_learns_the_metadata(self) -> None:
         """With verify_hashes, the October 2025 sequence counts: its WebSocket book unverifiable, both REST
-        books matched; the WebSocket book sent again then matches with what the REST book taught."""
+        books matched (and both price changes' quotes agree with the book they reach); the WebSocket book
+        sent again then matches with what the REST book taught."""
         lines = sequence_objects("sequence_2025-10_price_change_v2.txt")
         store = BookStore(verify_hashes=True)
         for raw in lines:
             for event in decode_frame(raw):
                 store.apply(event)
-        assert store.checks() == BookChecks(hashes_matched=2, hashes_unverifiable=1)
+        assert store.checks() == BookChecks(best_bid_ask_checked=2, hashes_matched=2, hashes_unverifiable=1)
         store.apply(book_of(lines[0]))
         assert store.checks().hashes_matched == 3
 
