@@ -36,6 +36,9 @@ class SyntheticMarket:
         books_after_trades: follow every trade with the asset's fresh `book`, as the exchange does ("when
             there is a trade that affects the book"); off by default, so a stream keeps its books' state
             (a stale mark, say) for the tests that watch it.
+        live_shape: send every ``price_change`` in the one shape the exchange has sent since September 2025
+            (``price_changes``: the level and its mirror on the market's other token, with quotes), as live
+            traffic is; by default nine in ten are one-level messages and the rest the two older shapes.
     """
 
     def __init__(
@@ -46,6 +49,7 @@ class SyntheticMarket:
         skew: float = 1.0,
         levels: int = _LEVELS_PER_SIDE,
         books_after_trades: bool = False,
+        live_shape: bool = False,
     ) -> None:
         if assets < 1:
             raise ValueError(f"assets must be at least 1, got {assets}")
@@ -58,6 +62,7 @@ class SyntheticMarket:
         self._mid = {asset_id: self._random.randint(20, 80) for asset_id in self.asset_ids}
         self._levels = levels
         self._books_after_trades = books_after_trades
+        self._live_shape = live_shape
         # The true books: asset -> (bids, asks), each price in hundredths -> size string.
         self._books: dict[str, tuple[dict[int, str], dict[int, str]]] = {a: ({}, {}) for a in self.asset_ids}
         weights = [1.0 / (rank**skew) for rank in range(1, count + 1)]
@@ -114,7 +119,9 @@ class SyntheticMarket:
             sent += 1
             asset_id = rnd.choices(self.asset_ids, cum_weights=self._cumulative)[0]
             roll = rnd.random()
-            if roll < 0.90:
+            if roll < 0.97 and self._live_shape:
+                yield self._price_change_v2(asset_id)
+            elif roll < 0.90:
                 yield self._price_change_v0(asset_id)
             elif roll < 0.94:
                 yield self._price_change_v1(asset_id)

@@ -1,6 +1,7 @@
 """Publish benchmark: one frame per call, the way a user's WebSocket loop publishes, in both APIs.
 
     python -m tests.performance.bench_publish [--messages 100000] [--books 1000] [--workers 2] [--repeat 3]
+        [--live-shape]
 
 The clock runs from the first publish to the end of the flush that follows the last, with the books
 loaded beforehand. Five designs, run interleaved ``--repeat`` times (best run of each reported; ratios

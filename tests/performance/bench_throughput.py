@@ -1,6 +1,6 @@
 """Throughput benchmark: the pool against its baselines, on the same workload, in the same run.
 
-    python -m tests.performance.bench_throughput [--messages 200000] [--books 1000] [--workers 2]
+    python -m tests.performance.bench_throughput [--messages 200000] [--books 1000] [--workers 2] [--live-shape]
 
 Measured from raw JSON bytes in the parent to state applied in a worker (the clock stops when every
 message has been applied). Books are loaded before the clock starts. Three designs:
@@ -256,10 +256,17 @@ def workload(
     parser.add_argument("--books", type=int, default=1_000)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument(
+        "--live-shape",
+        action="store_true",
+        help="every price_change in the 2025 shape live traffic has (two mirrored entries), not the mix",
+    )
     args = parser.parse_args(argv)
     # As on the exchange, a trade is followed by its asset's fresh book: snapshots are ~3% of the stream,
     # of ~70 levels each, and they are where exact decimal parsing costs most.
-    market = SyntheticMarket(args.books, seed=seed, levels=_LEVELS_PER_SIDE, books_after_trades=True)
+    market = SyntheticMarket(
+        args.books, seed=seed, levels=_LEVELS_PER_SIDE, books_after_trades=True, live_shape=args.live_shape
+    )
     return args, market.snapshots(), list(market.updates(args.messages))
 
 

@@ -6,7 +6,7 @@ import anyio
 
 from pool._parent._snapshots import SnapshotSource
 from pool._service._synthetic import SyntheticMarket
-from pool.models import BookEvent, BookStore, decode_frame
+from pool.models import BookEvent, BookStore, PriceChange, decode_frame
 from tests.support import ReferenceBooks, as_decimals
 
 
@@ -46,3 +46,20 @@ class TestSyntheticMarket:
             bids, asks = reference.levels(event.asset_id)
             assert as_decimals((lv.price, lv.size) for lv in reversed(event.bids)) == bids
             assert as_decimals((lv.price, lv.size) for lv in reversed(event.asks)) == asks
+
+    def test_the_2025_quotes_are_the_true_best_prices_and_live_shape_sends_only_that_shape(self) -> None:
+        """Each ``price_changes`` entry quotes its token's true best bid and ask after it, so a store fed the
+        stream checks every one and finds no mismatch; with ``live_shape`` every price change has that shape
+        (two mirrored entries)."""
+        for live_shape in (False, True):
+            market = SyntheticMarket(50, seed=2, live_shape=live_shape)
+            store = BookStore(quote_resync_after=1)
+            shapes = set()
+            for frame in market.snapshots() + list(market.updates(5_000)):
+                for event in decode_frame(frame):
+                    store.apply(event)
+                    if isinstance(event, PriceChange):
+                        shapes.add(len(event.price_changes) if event.price_changes is not None else "older")
+            checks = store.checks()
+            assert checks.best_bid_ask_checked > 100 and checks.best_bid_ask_mismatches == 0
+            assert shapes == ({2} if live_shape else {2, "older"})
