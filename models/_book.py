@@ -524,7 +524,8 @@ class BookStore:
         A quote that is not a number cannot agree with the book, so it counts as a mismatch; it does not
         reject the event, whose levels are good, and it is not parsed unless a book here is checked by it.
         """
-        for book in changed if len(changed) < 3 else dict.fromkeys(changed):  # two are never the same book
+        # `changed` lists a book again only when another came between, so it has repeats only from three on.
+        for book in changed if len(changed) < 3 else dict.fromkeys(changed):
             asset_id = book.asset_id
             for entry in reversed(entries):
                 if entry.asset_id == asset_id:
